@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what the tests need on a fresh machine
+# (a Python venv with the OpenTelemetry SDK), then runs every check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Python: the real OpenTelemetry SDK writes the end-to-end fixtures.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.common' 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+fi
+export TPSGAP_TEST_PYTHON="$PWD/.venv/bin/python"
+
+# The committed fixtures are exactly what the real SDK writes.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+"$TPSGAP_TEST_PYTHON" tests/fixtures/gen_fixtures.py "$tmp"
+for f in tests/fixtures/*.pb tests/fixtures/*.jsonl; do
+  cmp "$f" "$tmp/$(basename "$f")" || { echo "fixture $f differs from the SDK's output" >&2; exit 1; }
+done
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked

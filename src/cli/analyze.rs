@@ -1,0 +1,103 @@
+//! `tpsgap analyze FILE...`: the offline report of OTLP trace exports.
+
+use std::fs::File;
+use std::io::{self, Write};
+
+use clap::{Args, ValueEnum};
+
+use crate::config::WindowArgs;
+use crate::extract::{Extracted, Extractor};
+use crate::input::{read_traces, InputFormat};
+use crate::join::Store;
+use crate::report::Report;
+use crate::window::WindowConfig;
+
+/// How the report is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The SPEC §4 JSON report.
+    Json,
+    /// A readable terminal table of runs, windows and gaps.
+    Table,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct AnalyzeArgs {
+    /// OTLP trace exports: Collector file-exporter JSON lines or binary
+    /// protobuf (optionally gzip-compressed); `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: OutputFormat,
+    /// Input encoding; `auto` decides from the first bytes of each file.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub input_format: InputFormat,
+    #[command(flatten)]
+    pub window: WindowArgs,
+}
+
+/// What an analysis found besides the report.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub report: Report,
+    /// Malformed lines/messages and rejected spans, as `location: reason`.
+    pub problems: Vec<String>,
+}
+
+/// Reads every input into one store and computes the report. Problems are
+/// collected, never fatal.
+pub fn analyze(files: &[String], format: InputFormat, cfg: &WindowConfig) -> Analysis {
+    let extractor = Extractor::default();
+    let store = Store::new();
+    let mut problems = Vec::new();
+    for name in files {
+        let mut sink = |loc: &str, rs| {
+            extractor.resource_spans(&rs, &mut |e: Extracted| {
+                if let Extracted::Rejected(r) = &e {
+                    problems.push(format!("{loc}: {r}"));
+                }
+                store.apply(&e);
+            })
+        };
+        let mut errors = Vec::new();
+        let mut on_error = |e: crate::input::InputError| errors.push(e.to_string());
+        if name == "-" {
+            read_traces(io::stdin().lock(), "-", format, &mut sink, &mut on_error);
+        } else {
+            match File::open(name) {
+                Ok(f) => read_traces(f, name, format, &mut sink, &mut on_error),
+                Err(e) => on_error(crate::input::InputError {
+                    location: name.clone(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        problems.append(&mut errors);
+    }
+    Analysis {
+        report: store.report(cfg),
+        problems,
+    }
+}
+
+/// Runs `analyze`: prints the report to `out`, problems to `err`.
+/// Returns the exit code: 0, or 1 when any input was malformed or rejected.
+///
+/// # Errors
+/// When writing the output fails.
+pub fn run(args: &AnalyzeArgs, out: &mut impl Write, err: &mut impl Write) -> io::Result<u8> {
+    let cfg = WindowConfig::from(&args.window);
+    let a = analyze(&args.files, args.input_format, &cfg);
+    for p in &a.problems {
+        writeln!(err, "{p}")?;
+    }
+    match args.format {
+        OutputFormat::Json => {
+            serde_json::to_writer_pretty(&mut *out, &a.report).map_err(io::Error::other)?;
+            writeln!(out)?;
+        }
+        OutputFormat::Table => crate::cli::table::write(out, &a.report)?,
+    }
+    Ok(u8::from(!a.problems.is_empty()))
+}

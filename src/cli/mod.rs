@@ -1,0 +1,4 @@
+//! The subcommands.
+
+pub mod analyze;
+pub mod table;

@@ -1,0 +1,752 @@
+//! OTLP span → request observation (SPEC §2): attribute aliases, the run from
+//! span or resource, timestamp units, span events.
+//!
+//! Pure: no I/O, no clock. One [`Extractor`] is built from the configured
+//! attribute names and reused for every span.
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, ResourceSpans, Span};
+use serde::Deserialize;
+
+use crate::model::{hex, Nanos, Observation, SpanRef, Stamp, NANOS_PER_SEC};
+
+/// The attribute names read for each field; for every field the first name
+/// found on a span wins. The defaults are SPEC §2's table.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttributeNames {
+    pub run: Vec<String>,
+    pub request: Vec<String>,
+    pub queued_at: Vec<String>,
+    pub admitted_at: Vec<String>,
+    pub first_token_at: Vec<String>,
+    pub last_token_at: Vec<String>,
+    pub released_at: Vec<String>,
+    pub output_tokens: Vec<String>,
+    pub input_tokens: Vec<String>,
+    pub model: Vec<String>,
+    pub retry_count: Vec<String>,
+    pub retry_causes: Vec<String>,
+    pub cap: Vec<String>,
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for AttributeNames {
+    fn default() -> Self {
+        AttributeNames {
+            run: names(&["run_id", "run.id"]),
+            request: names(&["request_id", "request.id"]),
+            queued_at: names(&["queued_at"]),
+            admitted_at: names(&["admitted_at"]),
+            first_token_at: names(&["first_token_at"]),
+            last_token_at: names(&["last_token_at"]),
+            released_at: names(&["released_at"]),
+            output_tokens: names(&[
+                "output_tokens",
+                "gen_ai.usage.output_tokens",
+                "gen_ai.usage.completion_tokens",
+                "llm.token_count.completion",
+            ]),
+            input_tokens: names(&[
+                "input_tokens",
+                "gen_ai.usage.input_tokens",
+                "gen_ai.usage.prompt_tokens",
+                "llm.token_count.prompt",
+            ]),
+            model: names(&["gen_ai.response.model", "gen_ai.request.model", "model"]),
+            retry_count: names(&["retry_count"]),
+            retry_causes: names(&["retry_causes", "retry_cause"]),
+            cap: names(&["cap"]),
+        }
+    }
+}
+
+/// Fields a span attribute can fill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Run,
+    Request,
+    Stamp(Stamp),
+    OutputTokens,
+    InputTokens,
+    Model,
+    RetryCount,
+    RetryCauses,
+    Cap,
+    ErrorType,
+}
+
+const FIELD_COUNT: usize = 15;
+
+impl Field {
+    fn slot(self) -> usize {
+        match self {
+            Field::Run => 0,
+            Field::Request => 1,
+            Field::Stamp(s) => 2 + s as usize,
+            Field::OutputTokens => 7,
+            Field::InputTokens => 8,
+            Field::Model => 9,
+            Field::RetryCount => 10,
+            Field::RetryCauses => 11,
+            Field::Cap => 12,
+            Field::ErrorType => 13,
+        }
+    }
+}
+
+/// Why a span was rejected: the attribute and what was wrong with its value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("span {span_id}: attribute `{attribute}`: {reason}")]
+pub struct Rejection {
+    pub span_id: String,
+    pub attribute: String,
+    pub reason: String,
+}
+
+/// The result of extracting one span.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Extracted {
+    /// The span belongs to a run (it may or may not be a request observation).
+    Observation(Box<Observation>),
+    /// No `run_id` on the span or its resource: ignored and counted.
+    NoRun,
+    /// A value could not be parsed: the span is rejected and counted.
+    Rejected(Rejection),
+}
+
+/// Turns OTLP spans into observations using the configured attribute names.
+#[derive(Clone, Debug)]
+pub struct Extractor {
+    keys: HashMap<String, (Field, u8)>,
+    events: HashMap<String, Stamp>,
+}
+
+impl Default for Extractor {
+    fn default() -> Self {
+        Extractor::new(&AttributeNames::default())
+    }
+}
+
+type Found<'a> = [Option<(u8, &'a str, &'a AnyValue)>; FIELD_COUNT];
+
+impl Extractor {
+    pub fn new(n: &AttributeNames) -> Extractor {
+        let mut keys = HashMap::new();
+        let mut events = HashMap::new();
+        let mut add = |list: &[String], f: Field| {
+            for (i, k) in list.iter().enumerate() {
+                keys.entry(k.clone())
+                    .or_insert((f, u8::try_from(i).unwrap_or(u8::MAX)));
+            }
+        };
+        add(&n.run, Field::Run);
+        add(&n.request, Field::Request);
+        let stamp_names = [
+            (&n.queued_at, Stamp::Queued),
+            (&n.admitted_at, Stamp::Admitted),
+            (&n.first_token_at, Stamp::FirstToken),
+            (&n.last_token_at, Stamp::LastToken),
+            (&n.released_at, Stamp::Released),
+        ];
+        for (list, s) in stamp_names {
+            add(list, Field::Stamp(s));
+        }
+        add(&n.output_tokens, Field::OutputTokens);
+        add(&n.input_tokens, Field::InputTokens);
+        add(&n.model, Field::Model);
+        add(&n.retry_count, Field::RetryCount);
+        add(&n.retry_causes, Field::RetryCauses);
+        add(&n.cap, Field::Cap);
+        add(&names(&["error.type"]), Field::ErrorType);
+        for (list, s) in stamp_names {
+            events.insert(s.event_name().to_string(), s);
+            for k in list {
+                events.insert(k.clone(), s);
+            }
+        }
+        Extractor { keys, events }
+    }
+
+    fn scan<'a>(&self, attrs: &'a [KeyValue], found: &mut Found<'a>) {
+        for kv in attrs {
+            let (Some((field, prio)), Some(v)) = (self.keys.get(kv.key.as_str()), &kv.value)
+            else {
+                continue;
+            };
+            let slot = &mut found[field.slot()];
+            if slot.is_none_or(|(p, _, _)| *prio < p) {
+                *slot = Some((*prio, kv.key.as_str(), v));
+            }
+        }
+    }
+
+    /// The run named by a resource's attributes, if any (the fallback for
+    /// spans without their own run attribute).
+    pub fn resource_run<'a>(&self, resource: &'a [KeyValue]) -> Option<(&'a str, &'a AnyValue)> {
+        let mut found: Found<'a> = [None; FIELD_COUNT];
+        self.scan(resource, &mut found);
+        found[Field::Run.slot()].map(|(_, k, v)| (k, v))
+    }
+
+    /// Extracts one span. `resource_run` comes from [`Extractor::resource_run`].
+    pub fn span(&self, resource_run: Option<(&str, &AnyValue)>, span: &Span) -> Extracted {
+        let mut found: Found<'_> = [None; FIELD_COUNT];
+        self.scan(&span.attributes, &mut found);
+        let span_ref = span_ref(span);
+        let reject = |key: &str, reason: String| {
+            Extracted::Rejected(Rejection {
+                span_id: hex(&span_ref.span_id),
+                attribute: key.to_string(),
+                reason,
+            })
+        };
+        let run = found[Field::Run.slot()]
+            .map(|(_, k, v)| (k, v))
+            .or(resource_run);
+        let Some((run_key, run_value)) = run else {
+            return Extracted::NoRun;
+        };
+        let run_id = match parse_id(run_value) {
+            Ok(Some(id)) => id,
+            Ok(None) => return Extracted::NoRun,
+            Err(e) => return reject(run_key, e),
+        };
+        let mut o = Observation {
+            run_id,
+            span: span_ref,
+            span_start: clamp_u64(span.start_time_unix_nano),
+            ..Observation::default()
+        };
+        for s in Stamp::ALL {
+            if let Some((_, k, v)) = found[Field::Stamp(s).slot()] {
+                match parse_timestamp(v) {
+                    Ok(t) => o.stamps.set(s, t),
+                    Err(e) => return reject(k, e),
+                }
+            }
+        }
+        for ev in &span.events {
+            if let Some(&s) = self.events.get(ev.name.as_str()) {
+                if o.stamps.get(s).is_none() {
+                    match i64::try_from(ev.time_unix_nano) {
+                        Ok(t) => o.stamps.set(s, t),
+                        Err(_) => {
+                            return reject(&ev.name, "event time is out of range".to_string())
+                        }
+                    }
+                }
+            }
+        }
+        match found[Field::Request.slot()] {
+            Some((_, k, v)) => match parse_id(v) {
+                Ok(Some(id)) => {
+                    o.request_id = id;
+                    o.explicit_request_id = true;
+                }
+                Ok(None) => o.request_id = hex(&span_ref.span_id),
+                Err(e) => return reject(k, e),
+            },
+            None => o.request_id = hex(&span_ref.span_id),
+        }
+        let counts = [
+            (Field::OutputTokens, &mut o.output_tokens),
+            (Field::InputTokens, &mut o.input_tokens),
+            (Field::RetryCount, &mut o.retry_count),
+        ];
+        for (f, dst) in counts {
+            if let Some((_, k, v)) = found[f.slot()] {
+                match parse_count(v) {
+                    Ok(n) => *dst = Some(n),
+                    Err(e) => return reject(k, e),
+                }
+            }
+        }
+        if let Some((_, k, v)) = found[Field::Cap.slot()] {
+            match parse_count(v) {
+                Ok(0) => return reject(k, "cap must be at least 1".to_string()),
+                Ok(n) => match u32::try_from(n) {
+                    Ok(c) => o.cap = Some(c),
+                    Err(_) => return reject(k, format!("cap {n} is out of range")),
+                },
+                Err(e) => return reject(k, e),
+            }
+        }
+        if let Some((_, k, v)) = found[Field::Model.slot()] {
+            match &v.value {
+                Some(Value::StringValue(s)) if !s.is_empty() => o.model = Some(s.clone()),
+                Some(Value::StringValue(_)) | None => {}
+                Some(_) => return reject(k, "expected a string".to_string()),
+            }
+        }
+        if let Some((_, k, v)) = found[Field::RetryCauses.slot()] {
+            match string_list(v) {
+                Ok(mut causes) => {
+                    causes.sort();
+                    causes.dedup();
+                    o.retry_causes = causes;
+                }
+                Err(e) => return reject(k, e),
+            }
+        }
+        let error_status = span
+            .status
+            .as_ref()
+            .is_some_and(|s| s.code == StatusCode::Error as i32);
+        o.failed = error_status || found[Field::ErrorType.slot()].is_some();
+        Extracted::Observation(Box::new(o))
+    }
+
+    /// Extracts every span of a request, in order, handing each result to `sink`.
+    pub fn request(&self, req: &ExportTraceServiceRequest, mut sink: impl FnMut(Extracted)) {
+        for rs in &req.resource_spans {
+            self.resource_spans(rs, &mut sink);
+        }
+    }
+
+    /// Extracts every span of one `ResourceSpans`.
+    pub fn resource_spans(&self, rs: &ResourceSpans, sink: &mut impl FnMut(Extracted)) {
+        let resource_attrs = rs.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
+        let resource_run = self.resource_run(resource_attrs);
+        for ss in &rs.scope_spans {
+            for span in &ss.spans {
+                sink(self.span(resource_run, span));
+            }
+        }
+    }
+}
+
+fn span_ref(span: &Span) -> SpanRef {
+    let mut r = SpanRef::default();
+    if span.trace_id.len() == 16 {
+        r.trace_id.copy_from_slice(&span.trace_id);
+    }
+    if span.span_id.len() == 8 {
+        r.span_id.copy_from_slice(&span.span_id);
+    }
+    r
+}
+
+fn clamp_u64(v: u64) -> Nanos {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A run or request id: a non-empty string, or an integer in decimal.
+/// `Ok(None)` for an empty string (treated as absent).
+fn parse_id(v: &AnyValue) -> Result<Option<String>, String> {
+    match &v.value {
+        Some(Value::StringValue(s)) if s.is_empty() => Ok(None),
+        Some(Value::StringValue(s)) => Ok(Some(s.clone())),
+        Some(Value::IntValue(i)) => Ok(Some(i.to_string())),
+        None => Ok(None),
+        Some(_) => Err("expected a string or an integer id".to_string()),
+    }
+}
+
+/// A non-negative count: an integer, an integral double, or a numeric string.
+fn parse_count(v: &AnyValue) -> Result<u64, String> {
+    match &v.value {
+        Some(Value::IntValue(i)) => {
+            u64::try_from(*i).map_err(|_| format!("expected a non-negative count, got {i}"))
+        }
+        Some(Value::DoubleValue(d)) if d.fract() == 0.0 && *d >= 0.0 && *d < 1.8e19 => {
+            Ok(*d as u64)
+        }
+        Some(Value::StringValue(s)) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("cannot parse {s:?} as a non-negative count")),
+        other => Err(format!(
+            "expected a non-negative count, got {}",
+            describe(other)
+        )),
+    }
+}
+
+fn string_list(v: &AnyValue) -> Result<Vec<String>, String> {
+    match &v.value {
+        Some(Value::StringValue(s)) if s.is_empty() => Ok(Vec::new()),
+        Some(Value::StringValue(s)) => Ok(vec![s.clone()]),
+        Some(Value::ArrayValue(a)) => a
+            .values
+            .iter()
+            .map(|x| match &x.value {
+                Some(Value::StringValue(s)) => Ok(s.clone()),
+                other => Err(format!("expected strings, got {}", describe(other))),
+            })
+            .collect(),
+        other => Err(format!(
+            "expected a string or string array, got {}",
+            describe(other)
+        )),
+    }
+}
+
+fn describe(v: &Option<Value>) -> &'static str {
+    match v {
+        None => "an empty value",
+        Some(Value::StringValue(_)) => "a string",
+        Some(Value::BoolValue(_)) => "a bool",
+        Some(Value::IntValue(_)) => "an integer",
+        Some(Value::DoubleValue(_)) => "a double",
+        Some(Value::ArrayValue(_)) => "an array",
+        Some(Value::KvlistValue(_)) => "a key-value list",
+        Some(Value::BytesValue(_)) => "bytes",
+        Some(Value::StringValueStrindex(_)) => "a string-table index",
+    }
+}
+
+/// Parses a timestamp attribute value (SPEC §2): an integer is Unix time
+/// whose unit follows its magnitude, a double is Unix seconds, a string is
+/// RFC 3339 or a number in those forms.
+///
+/// # Errors
+/// A human-readable reason when the value is not a timestamp or is outside
+/// the range of `i64` nanoseconds (years 1677–2262).
+pub fn parse_timestamp(v: &AnyValue) -> Result<Nanos, String> {
+    match &v.value {
+        Some(Value::IntValue(i)) => int_timestamp(*i),
+        Some(Value::DoubleValue(d)) => double_seconds(*d),
+        Some(Value::StringValue(s)) => string_timestamp(s),
+        other => Err(format!("expected a timestamp, got {}", describe(other))),
+    }
+}
+
+/// An integer Unix time, unit by magnitude: < 1e11 seconds, < 1e14
+/// milliseconds, < 1e17 microseconds, else nanoseconds.
+pub fn int_timestamp(i: i64) -> Result<Nanos, String> {
+    let m = i.unsigned_abs();
+    let scale = if m < 100_000_000_000 {
+        NANOS_PER_SEC
+    } else if m < 100_000_000_000_000 {
+        1_000_000
+    } else if m < 100_000_000_000_000_000 {
+        1_000
+    } else {
+        1
+    };
+    i.checked_mul(scale)
+        .ok_or_else(|| format!("timestamp {i} is out of range"))
+}
+
+/// Double Unix seconds. The shortest decimal that round-trips the double is
+/// converted exactly, so `1800000000.1` is 1800000000.100000000 s, not the
+/// binary neighbour 1800000000.099999905.
+pub fn double_seconds(d: f64) -> Result<Nanos, String> {
+    if !d.is_finite() {
+        return Err(format!("timestamp {d} is not finite"));
+    }
+    decimal_seconds(&format!("{d}")).ok_or_else(|| format!("timestamp {d} is out of range"))
+}
+
+fn string_timestamp(s: &str) -> Result<Nanos, String> {
+    let t = s.trim();
+    if t.contains(['T', 't', ' ']) && t.contains(['-']) {
+        return rfc3339(t);
+    }
+    if let Ok(i) = t.parse::<i64>() {
+        return int_timestamp(i);
+    }
+    if let Some(ns) = decimal_seconds(t) {
+        return Ok(ns);
+    }
+    match t.parse::<f64>() {
+        Ok(d) if d.is_finite() => double_seconds(d),
+        _ => rfc3339(t).map_err(|_| format!("cannot parse {s:?} as a timestamp")),
+    }
+}
+
+fn rfc3339(s: &str) -> Result<Nanos, String> {
+    let dt = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("cannot parse {s:?} as an RFC 3339 timestamp: {e}"))?;
+    i64::try_from(dt.unix_timestamp_nanos()).map_err(|_| format!("timestamp {s:?} is out of range"))
+}
+
+/// Exact decimal seconds (`[-]digits[.digits]`) to nanoseconds, rounding
+/// half away from zero past the ninth decimal. `None` if not of that form or
+/// out of range.
+fn decimal_seconds(s: &str) -> Option<Nanos> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (int_part, frac_part) = body.split_once('.').unwrap_or((body, ""));
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(int_part) || !all_digits(frac_part) {
+        return None;
+    }
+    let secs: i128 = if int_part.is_empty() {
+        0
+    } else {
+        int_part.parse().ok()?
+    };
+    let mut frac: i128 = 0;
+    for (i, b) in frac_part.bytes().take(9).enumerate() {
+        frac += i128::from(b - b'0') * 10i128.pow(8 - i as u32);
+    }
+    if frac_part.as_bytes().get(9).is_some_and(|b| *b >= b'5') {
+        frac += 1;
+    }
+    let ns = secs.checked_mul(i128::from(NANOS_PER_SEC))? + frac;
+    i64::try_from(if neg { -ns } else { ns }).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::ArrayValue;
+    use opentelemetry_proto::tonic::trace::v1::{span::Event, Status};
+
+    fn int(i: i64) -> AnyValue {
+        AnyValue {
+            value: Some(Value::IntValue(i)),
+        }
+    }
+    fn dbl(d: f64) -> AnyValue {
+        AnyValue {
+            value: Some(Value::DoubleValue(d)),
+        }
+    }
+    fn st(s: &str) -> AnyValue {
+        AnyValue {
+            value: Some(Value::StringValue(s.to_string())),
+        }
+    }
+    fn kv(k: &str, v: AnyValue) -> KeyValue {
+        KeyValue {
+            key: k.to_string(),
+            value: Some(v),
+            ..Default::default()
+        }
+    }
+    fn span(attrs: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![0, 0, 0, 0, 0, 0, 0, 7],
+            start_time_unix_nano: 42,
+            attributes: attrs,
+            ..Default::default()
+        }
+    }
+    fn obs(e: Extracted) -> Observation {
+        match e {
+            Extracted::Observation(o) => *o,
+            other => panic!("expected an observation, got {other:?}"),
+        }
+    }
+
+    const T: i64 = 1_800_000_000; // seconds
+    const TNS: i64 = T * NANOS_PER_SEC;
+
+    #[test]
+    fn integer_units_follow_magnitude() {
+        assert_eq!(parse_timestamp(&int(T)), Ok(TNS));
+        assert_eq!(parse_timestamp(&int(T * 1000 + 250)), Ok(TNS + 250_000_000));
+        assert_eq!(
+            parse_timestamp(&int(T * 1_000_000 + 250)),
+            Ok(TNS + 250_000)
+        );
+        assert_eq!(parse_timestamp(&int(TNS + 7)), Ok(TNS + 7));
+        // The unit boundaries themselves.
+        assert_eq!(int_timestamp(9_000_000_000), Ok(9_000_000_000 * NANOS_PER_SEC));
+        assert!(int_timestamp(99_999_999_999).is_err(), "seconds past year 2262");
+        assert_eq!(int_timestamp(100_000_000_000), Ok(100_000_000_000_000_000));
+        assert_eq!(int_timestamp(100_000_000_000_000), Ok(100_000_000_000_000_000));
+        assert_eq!(
+            int_timestamp(100_000_000_000_000_000),
+            Ok(100_000_000_000_000_000)
+        );
+        // 9.3e10 seconds is beyond year 2262: out of range, not a panic.
+        assert!(int_timestamp(93_000_000_000).is_err());
+    }
+
+    #[test]
+    fn doubles_are_exact_decimal_seconds() {
+        assert_eq!(parse_timestamp(&dbl(1_800_000_000.1)), Ok(TNS + 100_000_000));
+        assert_eq!(parse_timestamp(&dbl(1_800_000_000.0)), Ok(TNS));
+        assert_eq!(parse_timestamp(&dbl(0.5)), Ok(500_000_000));
+        assert!(parse_timestamp(&dbl(f64::NAN)).is_err());
+        assert!(parse_timestamp(&dbl(f64::INFINITY)).is_err());
+        assert!(parse_timestamp(&dbl(1e30)).is_err());
+    }
+
+    #[test]
+    fn strings_rfc3339_and_numeric() {
+        assert_eq!(
+            parse_timestamp(&st("2027-01-15T08:00:00Z")),
+            Ok(1_800_000_000 * NANOS_PER_SEC)
+        );
+        assert_eq!(
+            parse_timestamp(&st("2027-01-15T09:00:00.25+01:00")),
+            Ok(TNS + 250_000_000)
+        );
+        assert_eq!(parse_timestamp(&st("1800000000")), Ok(TNS));
+        assert_eq!(parse_timestamp(&st("1800000000250")), Ok(TNS + 250_000_000));
+        assert_eq!(parse_timestamp(&st("1800000000.25")), Ok(TNS + 250_000_000));
+        assert_eq!(parse_timestamp(&st("1.8e9")), Ok(TNS));
+        assert_eq!(
+            parse_timestamp(&st("1800000000.0000000015")),
+            Ok(TNS + 2),
+            "rounds half away from zero at the tenth decimal"
+        );
+        for bad in ["not a time", "", "12:00", "2027-13-45T00:00:00Z", "NaN", "inf"] {
+            assert!(parse_timestamp(&st(bad)).is_err(), "{bad:?} must be rejected");
+        }
+        assert!(parse_timestamp(&AnyValue { value: None }).is_err());
+        assert!(parse_timestamp(&AnyValue {
+            value: Some(Value::BoolValue(true))
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn aliases_first_name_wins() {
+        let x = Extractor::default();
+        let o = obs(x.span(
+            None,
+            &span(vec![
+                kv("llm.token_count.completion", int(5)),
+                kv("gen_ai.usage.output_tokens", int(9)),
+                kv("gen_ai.usage.prompt_tokens", int(3)),
+                kv("run.id", st("second")),
+                kv("run_id", st("first")),
+                kv("request.id", st("req")),
+                kv("model", st("m-b")),
+                kv("gen_ai.request.model", st("m-a")),
+                kv("queued_at", int(T)),
+            ]),
+        ));
+        assert_eq!(o.run_id, "first");
+        assert_eq!(o.request_id, "req");
+        assert_eq!(o.output_tokens, Some(9));
+        assert_eq!(o.input_tokens, Some(3));
+        assert_eq!(o.model.as_deref(), Some("m-a"));
+        assert!(o.is_request());
+    }
+
+    #[test]
+    fn run_from_resource_and_request_from_span_id() {
+        let x = Extractor::default();
+        let res = [kv("run.id", st("res-run"))];
+        let rr = x.resource_run(&res);
+        let o = obs(x.span(rr, &span(vec![kv("admitted_at", int(T))])));
+        assert_eq!(o.run_id, "res-run");
+        assert_eq!(o.request_id, "0000000000000007");
+        assert!(!o.explicit_request_id);
+        // The span's own attribute beats the resource.
+        let o = obs(x.span(rr, &span(vec![kv("run_id", int(12))])));
+        assert_eq!(o.run_id, "12");
+        assert!(!o.is_request());
+        assert_eq!(x.span(None, &span(vec![kv("admitted_at", int(T))])), Extracted::NoRun);
+    }
+
+    #[test]
+    fn events_set_timestamps_and_status_sets_failure() {
+        let x = Extractor::default();
+        let mut s = span(vec![kv("run_id", st("r")), kv("queued_at", int(T))]);
+        s.events = vec![
+            Event {
+                name: "queued".into(),
+                time_unix_nano: 5,
+                ..Default::default()
+            },
+            Event {
+                name: "admitted".into(),
+                time_unix_nano: (TNS + 1) as u64,
+                ..Default::default()
+            },
+            Event {
+                name: "last_token_at".into(),
+                time_unix_nano: (TNS + 9) as u64,
+                ..Default::default()
+            },
+            Event {
+                name: "unrelated".into(),
+                time_unix_nano: 1,
+                ..Default::default()
+            },
+        ];
+        s.status = Some(Status {
+            code: StatusCode::Error as i32,
+            ..Default::default()
+        });
+        let o = obs(x.span(None, &s));
+        assert_eq!(o.stamps.get(Stamp::Queued), Some(TNS), "attribute beats event");
+        assert_eq!(o.stamps.get(Stamp::Admitted), Some(TNS + 1));
+        assert_eq!(o.stamps.get(Stamp::LastToken), Some(TNS + 9));
+        assert_eq!(o.stamps.get(Stamp::FirstToken), None);
+        assert!(o.failed);
+        let o = obs(x.span(
+            None,
+            &span(vec![kv("run_id", st("r")), kv("error.type", st("timeout"))]),
+        ));
+        assert!(o.failed);
+    }
+
+    #[test]
+    fn retries_cap_and_rejections() {
+        let x = Extractor::default();
+        let causes = AnyValue {
+            value: Some(Value::ArrayValue(ArrayValue {
+                values: vec![st("timeout"), st("429"), st("timeout")],
+            })),
+        };
+        let o = obs(x.span(
+            None,
+            &span(vec![
+                kv("run_id", st("r")),
+                kv("retry_count", st("2")),
+                kv("retry_causes", causes),
+                kv("retry_cause", st("ignored")),
+                kv("cap", dbl(8.0)),
+            ]),
+        ));
+        assert_eq!(o.retry_count, Some(2));
+        assert_eq!(o.retry_causes, vec!["429".to_string(), "timeout".to_string()]);
+        assert_eq!(o.cap, Some(8));
+        assert_eq!(o.cap_observation().map(|c| c.span_start), Some(42));
+
+        let cases = [
+            ("admitted_at", st("not a time")),
+            ("cap", int(0)),
+            ("cap", int(-3)),
+            ("output_tokens", int(-1)),
+            ("output_tokens", dbl(1.5)),
+            ("retry_causes", int(1)),
+            ("model", int(1)),
+            ("request_id", dbl(1.0)),
+        ];
+        for (k, v) in cases {
+            match x.span(None, &span(vec![kv("run_id", st("r")), kv(k, v.clone())])) {
+                Extracted::Rejected(r) => {
+                    assert_eq!(r.attribute, k);
+                    assert_eq!(r.span_id, "0000000000000007");
+                }
+                other => panic!("{k}={v:?} should be rejected, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn custom_names() {
+        let n = AttributeNames {
+            run: vec!["job".into()],
+            admitted_at: vec!["start".into()],
+            ..AttributeNames::default()
+        };
+        let x = Extractor::new(&n);
+        let o = obs(x.span(None, &span(vec![kv("job", st("j")), kv("start", int(T))])));
+        assert_eq!(o.run_id, "j");
+        assert_eq!(o.stamps.get(Stamp::Admitted), Some(TNS));
+        assert_eq!(x.span(None, &span(vec![kv("run_id", st("r"))])), Extracted::NoRun);
+    }
+}

@@ -1,0 +1,130 @@
+//! Joins observations per `(run_id, request_id)`: a concurrent store of runs,
+//! each a map of requests merged field by field.
+//!
+//! Merging is idempotent and order-independent (see [`Request::merge`]), so
+//! the same span delivered twice changes nothing and spans of one request may
+//! arrive in any order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::extract::Extracted;
+use crate::model::{CapObservation, Nanos, Observation, Request, Stamp};
+use crate::report::{Report, RunReport};
+use crate::window::{run_report, CapPoint, WindowConfig};
+
+/// The joined state of one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunState {
+    pub requests: HashMap<String, Request>,
+    /// Cap observations in receive order, without duplicates.
+    caps: Vec<CapObservation>,
+    cap_seen: HashSet<CapObservation>,
+    /// The largest request timestamp seen (drives the live watermark).
+    pub max_stamp: Option<Nanos>,
+}
+
+impl RunState {
+    /// Merges one observation of this run.
+    pub fn apply(&mut self, o: &Observation) {
+        if o.is_request() {
+            match self.requests.get_mut(&o.request_id) {
+                Some(r) => r.merge(o),
+                None => {
+                    self.requests
+                        .insert(o.request_id.clone(), Request::from_observation(o));
+                }
+            }
+            if let Some((_, hi)) = o.stamps.bounds() {
+                self.max_stamp = Some(self.max_stamp.map_or(hi, |m| m.max(hi)));
+            }
+        }
+        if let Some(c) = o.cap_observation() {
+            if self.cap_seen.insert(c.clone()) {
+                self.caps.push(c);
+            }
+        }
+    }
+
+    /// Cap observations with their times resolved against the merged
+    /// requests (SPEC §1: admitted_at, else queued_at, else released_at,
+    /// else the span's start), in receive order.
+    pub fn cap_points(&self) -> Vec<CapPoint> {
+        self.caps
+            .iter()
+            .map(|c| {
+                let r = c.request_id.as_ref().and_then(|id| self.requests.get(id));
+                let t = r
+                    .and_then(|r| {
+                        r.get(Stamp::Admitted)
+                            .or(r.get(Stamp::Queued))
+                            .or(r.get(Stamp::Released))
+                    })
+                    .unwrap_or(c.span_start);
+                CapPoint { t, value: c.value }
+            })
+            .collect()
+    }
+
+    /// The run's report over everything joined so far.
+    pub fn report(&self, run_id: &str, cfg: &WindowConfig) -> RunReport {
+        let mut reqs: Vec<&Request> = self.requests.values().collect();
+        // A stable order makes float sums reproducible across runs.
+        reqs.sort_by_key(|r| (r.stamps.0, r.span));
+        run_report(run_id, &reqs, &self.cap_points(), cfg)
+    }
+}
+
+/// Counters of spans that did not become observations.
+#[derive(Debug, Default)]
+pub struct SpanCounters {
+    pub accepted: AtomicU64,
+    pub ignored: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+/// The concurrent join store: runs keyed by `run_id`.
+#[derive(Debug, Default)]
+pub struct Store {
+    pub runs: DashMap<String, RunState>,
+    pub counters: SpanCounters,
+}
+
+impl Store {
+    pub fn new() -> Store {
+        Store::default()
+    }
+
+    /// Applies one extraction result, counting what is not an observation.
+    pub fn apply(&self, e: &Extracted) {
+        match e {
+            Extracted::Observation(o) => {
+                self.counters.accepted.fetch_add(1, Ordering::Relaxed);
+                self.runs.entry(o.run_id.clone()).or_default().apply(o);
+            }
+            Extracted::NoRun => {
+                self.counters.ignored.fetch_add(1, Ordering::Relaxed);
+            }
+            Extracted::Rejected(_) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The SPEC §4 report of every run, sorted by `run_id`.
+    pub fn report(&self, cfg: &WindowConfig) -> Report {
+        let mut ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
+        ids.sort();
+        let runs = ids
+            .iter()
+            .filter_map(|id| self.runs.get(id).map(|r| r.report(id, cfg)))
+            .collect();
+        Report {
+            runs,
+            ignored_spans: self.counters.ignored.load(Ordering::Relaxed),
+            rejected_spans: self.counters.rejected.load(Ordering::Relaxed),
+        }
+    }
+}

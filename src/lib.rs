@@ -1,0 +1,28 @@
+//! tpsgap: an OpenTelemetry trace processor for LLM inference pipelines.
+//!
+//! It joins the spans of each request per `run_id`, computes queue time, time
+//! to first token, stream time, tokens per second and system TPS, and the
+//! idle-gap metric `gap_fraction`: the share of time when requests waited
+//! while the system ran below its concurrency cap.
+//!
+//! # Layout
+//! - [`model`]: plain data (timestamps in ns, requests, observations).
+//! - [`extract`]: OTLP span → observation (attribute aliases, time units).
+//! - [`join`]: merges observations per `(run_id, request_id)`.
+//! - [`window`]: the sweep line: queue/in-flight/cap → gaps, windows, totals.
+//! - [`report`]: the SPEC §4 report (serde).
+//! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
+//! - [`config`]: command-line arguments → validated configuration.
+//! - [`cli`]: the subcommands.
+//!
+//! `extract`, `join` and `window` do no I/O and never read the clock, so the
+//! offline analyzer and the live service run the very same code.
+
+pub mod cli;
+pub mod config;
+pub mod extract;
+pub mod input;
+pub mod join;
+pub mod model;
+pub mod report;
+pub mod window;

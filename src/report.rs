@@ -1,0 +1,158 @@
+//! The SPEC §4 report: exactly its JSON keys, in its order. Undefined values
+//! are `None` (JSON `null`), never NaN.
+
+use serde::{Deserialize, Serialize};
+
+/// The whole report of `tpsgap analyze`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub runs: Vec<RunReport>,
+    pub ignored_spans: u64,
+    pub rejected_spans: u64,
+}
+
+/// One run's report (also the body of `GET /api/v1/runs/{run_id}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub run_id: String,
+    pub start_unix_s: Option<f64>,
+    pub end_unix_s: Option<f64>,
+    pub cap: Option<u32>,
+    pub requests: RequestCounts,
+    pub output_tokens: u64,
+    pub input_tokens: u64,
+    pub retries: u64,
+    pub totals: Stats,
+    pub latency: Latency,
+    pub windows: Vec<WindowReport>,
+    pub gaps: Vec<Gap>,
+    pub invalid: Invalid,
+    pub late_spans: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub incomplete: u64,
+}
+
+/// The metrics of one window, or of the whole active range (the totals).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub effective_seconds: f64,
+    pub gap_seconds: Option<f64>,
+    pub gap_fraction: Option<f64>,
+    pub backlog_seconds: f64,
+    pub backlog_fraction: Option<f64>,
+    pub mean_in_flight: Option<f64>,
+    pub mean_queue_depth: Option<f64>,
+    pub utilization: Option<f64>,
+    pub system_tps: Option<f64>,
+    pub output_tokens: u64,
+    pub requests: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub success_rate: Option<f64>,
+    pub retry_rate: Option<f64>,
+    pub gap_seconds_by_cause: Option<ByCause>,
+}
+
+/// Gap seconds split by cause; sums to `gap_seconds`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ByCause {
+    pub stall: f64,
+    pub refill: f64,
+    pub under_cap: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowReport {
+    pub start_unix_s: f64,
+    pub end_unix_s: f64,
+    #[serde(flatten)]
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    pub start_unix_s: f64,
+    pub end_unix_s: f64,
+    pub seconds: f64,
+    pub max_queue_depth: u64,
+    pub cause: String,
+}
+
+/// Latency summaries of successful requests.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub t_queue: Summary,
+    pub t_first_token: Summary,
+    pub t_stream: Summary,
+    pub t_in_flight: Summary,
+    pub stream_tps: Summary,
+    pub end_to_end_tps: Summary,
+    pub time_per_output_token: Summary,
+}
+
+/// Count, mean and nearest-rank percentiles; `null`s when there is no sample.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Summary {
+    /// Summarizes samples (sorted in place). Percentiles are nearest-rank:
+    /// the value at rank ⌈p·n/100⌉.
+    pub fn of(samples: &mut [f64]) -> Summary {
+        let n = samples.len();
+        if n == 0 {
+            return Summary::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let rank = |p: usize| samples[(p * n).div_ceil(100).clamp(1, n) - 1];
+        Summary {
+            count: n as u64,
+            mean: Some(samples.iter().sum::<f64>() / n as f64),
+            p50: Some(rank(50)),
+            p90: Some(rank(90)),
+            p99: Some(rank(99)),
+            max: Some(samples[n - 1]),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invalid {
+    pub negative_interval: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank() {
+        let mut v: Vec<f64> = (1..=10).rev().map(f64::from).collect();
+        let s = Summary::of(&mut v);
+        assert_eq!(s.count, 10);
+        assert_eq!(s.mean, Some(5.5));
+        assert_eq!(s.p50, Some(5.0));
+        assert_eq!(s.p90, Some(9.0));
+        assert_eq!(s.p99, Some(10.0));
+        assert_eq!(s.max, Some(10.0));
+        let mut one = [4.0];
+        assert_eq!(Summary::of(&mut one).p50, Some(4.0));
+        let empty = serde_json::to_value(Summary::of(&mut [])).unwrap();
+        assert_eq!(
+            empty,
+            serde_json::json!({"count": 0, "mean": null, "p50": null, "p90": null, "p99": null, "max": null})
+        );
+    }
+}

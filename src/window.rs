@@ -1,0 +1,617 @@
+//! The sweep line of SPEC §1: queue depth, in-flight and cap over time, the
+//! gap and backlog sets with their causes, epoch-aligned sliding windows,
+//! totals and latency summaries.
+//!
+//! Pure: no I/O, no clock; integer nanoseconds, half-open intervals.
+//!
+//! Cost is O(n log n) per run: the interval endpoints are sorted once into a
+//! piecewise-constant [`Profile`] with prefix integrals, so a window's
+//! measures are two binary searches, and each release touches only the
+//! ⌈W/S⌉ windows that contain it.
+
+use std::collections::VecDeque;
+
+use crate::model::{duration_secs, nanos_to_secs, Cause, Nanos, Request, Stamp};
+use crate::report::{
+    ByCause, Gap, Latency, RunReport, Stats, Summary, WindowReport,
+};
+
+/// How windows and gaps are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Window length `W` in nanoseconds (default 60 s).
+    pub window: Nanos,
+    /// Window step `S` in nanoseconds (default 10 s).
+    pub step: Nanos,
+    /// The cap used when no span carries one.
+    pub default_cap: Option<u32>,
+    /// Refill threshold `T` in nanoseconds (default 100 ms): a free slot
+    /// older than this is a stall, a younger one a refill.
+    pub refill_threshold: Nanos,
+    /// At most this many windows per run (the latest are kept), so that one
+    /// absurd timestamp cannot make a run span centuries of windows.
+    pub max_windows: u64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        WindowConfig {
+            window: 60 * crate::model::NANOS_PER_SEC,
+            step: 10 * crate::model::NANOS_PER_SEC,
+            default_cap: None,
+            refill_threshold: 100_000_000,
+            max_windows: 100_000,
+        }
+    }
+}
+
+/// A cap observation with its time resolved. Points are given in receive
+/// order; of two at one instant the later one wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapPoint {
+    pub t: Nanos,
+    pub value: u32,
+}
+
+/// A piece of the timeline on which queue depth, in-flight, cap and the gap
+/// cause are constant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: Nanos,
+    pub end: Nanos,
+    pub queue_depth: u32,
+    pub in_flight: u32,
+    pub cap: Option<u32>,
+    /// `Some` when this piece belongs to the gap set.
+    pub gap: Option<Cause>,
+}
+
+impl Segment {
+    fn rates(&self) -> Acc {
+        let mut a = Acc {
+            backlog: i64::from(self.queue_depth > 0),
+            in_flight: i128::from(self.in_flight),
+            queue: i128::from(self.queue_depth),
+            util: self
+                .cap
+                .map_or(0.0, |c| f64::from(self.in_flight) / f64::from(c)),
+            ..Acc::default()
+        };
+        if let Some(c) = self.gap {
+            a.gap[c as usize] = 1;
+        }
+        a
+    }
+}
+
+/// Integrals over time (nanosecond-weighted).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Acc {
+    backlog: i64,
+    gap: [i64; 3],
+    in_flight: i128,
+    queue: i128,
+    util: f64,
+}
+
+impl Acc {
+    fn add_scaled(&self, r: &Acc, dt: i64) -> Acc {
+        Acc {
+            backlog: self.backlog + r.backlog * dt,
+            gap: [
+                self.gap[0] + r.gap[0] * dt,
+                self.gap[1] + r.gap[1] * dt,
+                self.gap[2] + r.gap[2] * dt,
+            ],
+            in_flight: self.in_flight + r.in_flight * i128::from(dt),
+            queue: self.queue + r.queue * i128::from(dt),
+            util: self.util + r.util * dt as f64,
+        }
+    }
+
+    fn minus(&self, o: &Acc) -> Acc {
+        Acc {
+            backlog: self.backlog - o.backlog,
+            gap: [
+                self.gap[0] - o.gap[0],
+                self.gap[1] - o.gap[1],
+                self.gap[2] - o.gap[2],
+            ],
+            in_flight: self.in_flight - o.in_flight,
+            queue: self.queue - o.queue,
+            util: self.util - o.util,
+        }
+    }
+}
+
+/// Queue depth, in-flight and cap over a run's active range, as segments with
+/// prefix integrals.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    /// Active range `[start, end)`.
+    pub start: Nanos,
+    pub end: Nanos,
+    pub segments: Vec<Segment>,
+    /// `cum[i]` integrates from `start` to `segments[i].start`.
+    cum: Vec<Acc>,
+    /// Whether any cap (observed or default) applies.
+    pub has_cap: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Ev {
+    QueueIn,
+    QueueOut,
+    Admit,
+    Release { slot: bool },
+    Cap(u32),
+}
+
+/// The active range `[min, max]` over every known timestamp of the requests.
+pub fn active_range<'a>(requests: impl IntoIterator<Item = &'a Request>) -> Option<(Nanos, Nanos)> {
+    requests
+        .into_iter()
+        .filter_map(|r| r.stamps.bounds())
+        .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+}
+
+/// The queued interval `[queued_at, q_end)` of SPEC §1, if it is non-empty.
+pub fn queued_interval(r: &Request, run_end: Nanos) -> Option<(Nanos, Nanos)> {
+    let q = r.get(Stamp::Queued)?;
+    let end = r
+        .get(Stamp::Admitted)
+        .or(r.get(Stamp::Released))
+        .unwrap_or(run_end);
+    (end > q).then_some((q, end))
+}
+
+/// The in-flight interval `[admitted_at, f_end)` of SPEC §1, if its end is not
+/// before its start (a zero-length one still admits and releases).
+pub fn in_flight_interval(r: &Request, run_end: Nanos) -> Option<(Nanos, Nanos)> {
+    let a = r.get(Stamp::Admitted)?;
+    let end = r
+        .get(Stamp::Released)
+        .or(r.get(Stamp::LastToken))
+        .unwrap_or(run_end);
+    (end >= a).then_some((a, end))
+}
+
+impl Profile {
+    /// Sweeps the requests' interval endpoints and the cap step function over
+    /// the active range `[start, end)`.
+    pub fn build(
+        requests: &[&Request],
+        caps: &[CapPoint],
+        start: Nanos,
+        end: Nanos,
+        cfg: &WindowConfig,
+    ) -> Profile {
+        let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + caps.len());
+        for r in requests {
+            if let Some((a, b)) = queued_interval(r, end) {
+                events.push((a, Ev::QueueIn));
+                events.push((b, Ev::QueueOut));
+            }
+            if let Some((a, b)) = in_flight_interval(r, end) {
+                events.push((a, Ev::Admit));
+                events.push((b, Ev::Release { slot: b < end }));
+            }
+        }
+        let mut sorted_caps: Vec<CapPoint> = caps.to_vec();
+        sorted_caps.sort_by_key(|c| c.t);
+        let mut cap = sorted_caps
+            .iter()
+            .rev()
+            .find(|c| c.t <= start)
+            .or(sorted_caps.first())
+            .map(|c| c.value)
+            .or(cfg.default_cap);
+        let has_cap = cap.is_some();
+        events.extend(
+            sorted_caps
+                .iter()
+                .filter(|c| c.t > start && c.t < end)
+                .map(|c| (c.t, Ev::Cap(c.value))),
+        );
+        // Stable: caps at one instant keep their receive order.
+        events.sort_by_key(|e| e.0);
+
+        let mut segments = Vec::with_capacity(events.len() + 1);
+        let (mut q, mut f) = (0i64, 0i64);
+        let mut pending: VecDeque<Nanos> = VecDeque::new();
+        let mut i = 0;
+        let mut t = start;
+        while t < end {
+            let (mut releases, mut admits) = (0usize, 0usize);
+            while i < events.len() && events[i].0 <= t {
+                match events[i].1 {
+                    Ev::QueueIn => q += 1,
+                    Ev::QueueOut => q -= 1,
+                    Ev::Admit => {
+                        f += 1;
+                        admits += 1;
+                    }
+                    Ev::Release { slot } => {
+                        f -= 1;
+                        releases += usize::from(slot);
+                    }
+                    Ev::Cap(v) => cap = Some(v),
+                }
+                i += 1;
+            }
+            // Releases come before admissions at one instant.
+            pending.extend(std::iter::repeat_n(t, releases));
+            for _ in 0..admits.min(pending.len()) {
+                pending.pop_front();
+            }
+            if q <= 0 {
+                pending.clear();
+            }
+            if let Some(c) = cap {
+                let room = usize::try_from(i64::from(c) - f).unwrap_or(0);
+                pending.truncate(room);
+            }
+            let next = events.get(i).map_or(end, |e| e.0.min(end));
+            let seg = Segment {
+                start: t,
+                end: next,
+                queue_depth: u32::try_from(q).unwrap_or(0),
+                in_flight: u32::try_from(f).unwrap_or(0),
+                cap,
+                gap: None,
+            };
+            let in_gap = cap.is_some_and(|c| q > 0 && f < i64::from(c));
+            match (in_gap, pending.front()) {
+                (false, _) => segments.push(seg),
+                (true, None) => segments.push(Segment {
+                    gap: Some(Cause::UnderCap),
+                    ..seg
+                }),
+                (true, Some(&slot)) => {
+                    let stall_from = slot.saturating_add(cfg.refill_threshold);
+                    if stall_from > t {
+                        segments.push(Segment {
+                            end: stall_from.min(next),
+                            gap: Some(Cause::Refill),
+                            ..seg
+                        });
+                    }
+                    if stall_from < next {
+                        segments.push(Segment {
+                            start: stall_from.max(t),
+                            gap: Some(Cause::Stall),
+                            ..seg
+                        });
+                    }
+                }
+            }
+            t = next;
+        }
+        let mut cum = Vec::with_capacity(segments.len() + 1);
+        let mut acc = Acc::default();
+        cum.push(acc);
+        for s in &segments {
+            acc = acc.add_scaled(&s.rates(), s.end - s.start);
+            cum.push(acc);
+        }
+        Profile {
+            start,
+            end,
+            segments,
+            cum,
+            has_cap,
+        }
+    }
+
+    /// Integral from `start` to `t` (clamped to the active range).
+    fn integral(&self, t: Nanos) -> Acc {
+        let t = t.clamp(self.start, self.end);
+        let i = self.segments.partition_point(|s| s.start <= t);
+        if i == 0 {
+            return Acc::default();
+        }
+        let s = &self.segments[i - 1];
+        self.cum[i - 1].add_scaled(&s.rates(), t.min(s.end) - s.start)
+    }
+
+    /// The time-based metrics over `[lo, hi)` ∩ active range, combined with
+    /// the request counts of the same range.
+    pub fn stats(&self, lo: Nanos, hi: Nanos, c: &Counts) -> Stats {
+        let lo = lo.max(self.start);
+        let hi = hi.min(self.end).max(lo);
+        let d = hi - lo;
+        let a = self.integral(hi).minus(&self.integral(lo));
+        let per = |x: f64| (d > 0).then(|| x / d as f64);
+        let gap_ns: i64 = a.gap.iter().sum();
+        let secs = duration_secs(d);
+        Stats {
+            effective_seconds: secs,
+            gap_seconds: self.has_cap.then(|| duration_secs(gap_ns)),
+            gap_fraction: if self.has_cap {
+                per(gap_ns as f64)
+            } else {
+                None
+            },
+            backlog_seconds: duration_secs(a.backlog),
+            backlog_fraction: per(a.backlog as f64),
+            mean_in_flight: per(a.in_flight as f64),
+            mean_queue_depth: per(a.queue as f64),
+            utilization: if self.has_cap { per(a.util) } else { None },
+            system_tps: (d > 0).then(|| c.output_tokens as f64 / secs),
+            output_tokens: c.output_tokens,
+            requests: c.requests,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            success_rate: (c.succeeded + c.failed > 0)
+                .then(|| c.succeeded as f64 / (c.succeeded + c.failed) as f64),
+            retry_rate: (c.requests > 0).then(|| c.retries as f64 / c.requests as f64),
+            gap_seconds_by_cause: self.has_cap.then(|| ByCause {
+                stall: duration_secs(a.gap[Cause::Stall as usize]),
+                refill: duration_secs(a.gap[Cause::Refill as usize]),
+                under_cap: duration_secs(a.gap[Cause::UnderCap as usize]),
+            }),
+        }
+    }
+
+    /// The maximal intervals of the gap set, each with its dominant cause.
+    pub fn gaps(&self) -> Vec<GapInterval> {
+        let mut out: Vec<GapInterval> = Vec::new();
+        let mut open = false;
+        for s in &self.segments {
+            let Some(cause) = s.gap else {
+                open = false;
+                continue;
+            };
+            if !open {
+                out.push(GapInterval {
+                    start: s.start,
+                    end: s.start,
+                    max_queue_depth: 0,
+                    by_cause: [0; 3],
+                });
+                open = true;
+            }
+            if let Some(g) = out.last_mut() {
+                g.end = s.end;
+                g.max_queue_depth = g.max_queue_depth.max(s.queue_depth);
+                g.by_cause[cause as usize] += s.end - s.start;
+            }
+        }
+        out
+    }
+}
+
+/// A maximal interval of the gap set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GapInterval {
+    pub start: Nanos,
+    pub end: Nanos,
+    pub max_queue_depth: u32,
+    /// Nanoseconds of each cause, indexed by `Cause as usize`.
+    pub by_cause: [i64; 3],
+}
+
+impl GapInterval {
+    /// The cause with the most time (ties: stall, refill, under_cap).
+    pub fn cause(&self) -> Cause {
+        let mut best = Cause::Stall;
+        for c in Cause::ALL {
+            if self.by_cause[c as usize] > self.by_cause[best as usize] {
+                best = c;
+            }
+        }
+        best
+    }
+
+    pub fn to_report(&self) -> Gap {
+        Gap {
+            start_unix_s: nanos_to_secs(self.start),
+            end_unix_s: nanos_to_secs(self.end),
+            seconds: duration_secs(self.end - self.start),
+            max_queue_depth: u64::from(self.max_queue_depth),
+            cause: self.cause().as_str().to_string(),
+        }
+    }
+}
+
+/// Request counts of released requests in a range.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Output tokens of successful requests.
+    pub output_tokens: u64,
+    pub retries: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, r: &Request) {
+        self.requests += 1;
+        if r.failed {
+            self.failed += 1;
+        } else {
+            self.succeeded += 1;
+            self.output_tokens += r.output_tokens.unwrap_or(0);
+        }
+        self.retries += r.retry_count.unwrap_or(0);
+    }
+}
+
+/// Window `k` is `[k·S, k·S + W)`; the windows overlapping `[lo, hi)` are
+/// `first..=last` (empty when `first > last`).
+pub fn windows_overlapping(lo: Nanos, hi: Nanos, cfg: &WindowConfig) -> (i64, i64) {
+    let first = (lo - cfg.window).div_euclid(cfg.step) + 1;
+    let last = (hi - 1).div_euclid(cfg.step);
+    (first, last)
+}
+
+/// The windows containing instant `t`.
+pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
+    ((t - cfg.window).div_euclid(cfg.step) + 1, t.div_euclid(cfg.step))
+}
+
+/// Per-request derived metrics (SPEC §1), each `None` when an input is
+/// missing; `Some(Err(()))` for a negative interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Derived {
+    pub t_queue: Option<Result<Nanos, ()>>,
+    pub t_first_token: Option<Result<Nanos, ()>>,
+    pub t_stream: Option<Result<Nanos, ()>>,
+    pub t_in_flight: Option<Result<Nanos, ()>>,
+}
+
+impl Derived {
+    pub fn of(r: &Request) -> Derived {
+        let iv = |a: Stamp, b: Stamp| {
+            let (a, b) = (r.get(a)?, r.get(b)?);
+            Some(if b >= a { Ok(b - a) } else { Err(()) })
+        };
+        Derived {
+            t_queue: iv(Stamp::Queued, Stamp::Admitted),
+            t_first_token: iv(Stamp::Admitted, Stamp::FirstToken),
+            t_stream: iv(Stamp::FirstToken, Stamp::LastToken),
+            t_in_flight: iv(Stamp::Admitted, Stamp::Released),
+        }
+    }
+
+    pub fn negative_count(&self) -> u64 {
+        [self.t_queue, self.t_first_token, self.t_stream, self.t_in_flight]
+            .iter()
+            .filter(|x| matches!(x, Some(Err(()))))
+            .count() as u64
+    }
+}
+
+fn ok(x: Option<Result<Nanos, ()>>) -> Option<Nanos> {
+    x.and_then(Result::ok)
+}
+
+/// Latency samples of successful requests.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    pub t_queue: Vec<f64>,
+    pub t_first_token: Vec<f64>,
+    pub t_stream: Vec<f64>,
+    pub t_in_flight: Vec<f64>,
+    pub stream_tps: Vec<f64>,
+    pub end_to_end_tps: Vec<f64>,
+    pub time_per_output_token: Vec<f64>,
+}
+
+impl Samples {
+    pub fn add(&mut self, r: &Request, d: &Derived) {
+        let push = |v: &mut Vec<f64>, x: Option<Nanos>| {
+            if let Some(ns) = x {
+                v.push(duration_secs(ns));
+            }
+        };
+        push(&mut self.t_queue, ok(d.t_queue));
+        push(&mut self.t_first_token, ok(d.t_first_token));
+        push(&mut self.t_stream, ok(d.t_stream));
+        push(&mut self.t_in_flight, ok(d.t_in_flight));
+        let Some(tokens) = r.output_tokens else {
+            return;
+        };
+        if let Some(s) = ok(d.t_stream) {
+            if s > 0 {
+                self.stream_tps.push(tokens as f64 / duration_secs(s));
+            }
+            if tokens >= 2 {
+                self.time_per_output_token
+                    .push(duration_secs(s) / (tokens - 1) as f64);
+            }
+        }
+        if let Some(f) = ok(d.t_in_flight).filter(|&f| f > 0) {
+            self.end_to_end_tps.push(tokens as f64 / duration_secs(f));
+        }
+    }
+
+    pub fn summarize(mut self) -> Latency {
+        Latency {
+            t_queue: Summary::of(&mut self.t_queue),
+            t_first_token: Summary::of(&mut self.t_first_token),
+            t_stream: Summary::of(&mut self.t_stream),
+            t_in_flight: Summary::of(&mut self.t_in_flight),
+            stream_tps: Summary::of(&mut self.stream_tps),
+            end_to_end_tps: Summary::of(&mut self.end_to_end_tps),
+            time_per_output_token: Summary::of(&mut self.time_per_output_token),
+        }
+    }
+}
+
+/// The report of one run, computed from all its requests at once (the
+/// offline path, and the live path when a run is finalized).
+pub fn run_report(run_id: &str, requests: &[&Request], caps: &[CapPoint], cfg: &WindowConfig) -> RunReport {
+    let mut rep = RunReport {
+        run_id: run_id.to_string(),
+        cap: caps
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (c.t, *i))
+            .map(|(_, c)| c.value)
+            .or(cfg.default_cap),
+        ..RunReport::default()
+    };
+    let mut samples = Samples::default();
+    let mut totals = Counts::default();
+    for r in requests {
+        rep.requests.total += 1;
+        if r.failed {
+            rep.requests.failed += 1;
+        } else {
+            rep.requests.succeeded += 1;
+        }
+        if r.get(Stamp::Admitted).is_none() {
+            rep.requests.incomplete += 1;
+        }
+        rep.output_tokens += r.output_tokens.unwrap_or(0);
+        rep.input_tokens += r.input_tokens.unwrap_or(0);
+        rep.retries += r.retry_count.unwrap_or(0);
+        let d = Derived::of(r);
+        rep.invalid.negative_interval += d.negative_count();
+        if !r.failed {
+            samples.add(r, &d);
+        }
+        if r.get(Stamp::Released).is_some() {
+            totals.add(r);
+        }
+    }
+    rep.latency = samples.summarize();
+    let Some((start, end)) = active_range(requests.iter().copied()) else {
+        return rep;
+    };
+    rep.start_unix_s = Some(nanos_to_secs(start));
+    rep.end_unix_s = Some(nanos_to_secs(end));
+    let profile = Profile::build(requests, caps, start, end, cfg);
+    rep.totals = profile.stats(start, end, &totals);
+    rep.gaps = profile.gaps().iter().map(GapInterval::to_report).collect();
+    let (first, last) = windows_overlapping(start, end, cfg);
+    let first = first.max(last.saturating_sub(cfg.max_windows as i64 - 1));
+    if first > last {
+        return rep;
+    }
+    let mut counts = vec![Counts::default(); (last - first + 1) as usize];
+    for r in requests {
+        let Some(t) = r.get(Stamp::Released) else {
+            continue;
+        };
+        let (a, b) = windows_containing(t, cfg);
+        for k in a.max(first)..=b.min(last) {
+            counts[(k - first) as usize].add(r);
+        }
+    }
+    rep.windows = (first..=last)
+        .zip(&counts)
+        .map(|(k, c)| {
+            let ws = k * cfg.step;
+            let we = ws + cfg.window;
+            WindowReport {
+                start_unix_s: nanos_to_secs(ws),
+                end_unix_s: nanos_to_secs(we),
+                stats: profile.stats(ws, we, c),
+            }
+        })
+        .collect();
+    rep
+}
