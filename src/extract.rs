@@ -176,8 +176,7 @@ impl Extractor {
 
     fn scan<'a>(&self, attrs: &'a [KeyValue], found: &mut Found<'a>) {
         for kv in attrs {
-            let (Some((field, prio)), Some(v)) = (self.keys.get(kv.key.as_str()), &kv.value)
-            else {
+            let (Some((field, prio)), Some(v)) = (self.keys.get(kv.key.as_str()), &kv.value) else {
                 continue;
             };
             let slot = &mut found[field.slot()];
@@ -557,10 +556,19 @@ mod tests {
         );
         assert_eq!(parse_timestamp(&int(TNS + 7)), Ok(TNS + 7));
         // The unit boundaries themselves.
-        assert_eq!(int_timestamp(9_000_000_000), Ok(9_000_000_000 * NANOS_PER_SEC));
-        assert!(int_timestamp(99_999_999_999).is_err(), "seconds past year 2262");
+        assert_eq!(
+            int_timestamp(9_000_000_000),
+            Ok(9_000_000_000 * NANOS_PER_SEC)
+        );
+        assert!(
+            int_timestamp(99_999_999_999).is_err(),
+            "seconds past year 2262"
+        );
         assert_eq!(int_timestamp(100_000_000_000), Ok(100_000_000_000_000_000));
-        assert_eq!(int_timestamp(100_000_000_000_000), Ok(100_000_000_000_000_000));
+        assert_eq!(
+            int_timestamp(100_000_000_000_000),
+            Ok(100_000_000_000_000_000)
+        );
         assert_eq!(
             int_timestamp(100_000_000_000_000_000),
             Ok(100_000_000_000_000_000)
@@ -571,7 +579,10 @@ mod tests {
 
     #[test]
     fn doubles_are_exact_decimal_seconds() {
-        assert_eq!(parse_timestamp(&dbl(1_800_000_000.1)), Ok(TNS + 100_000_000));
+        assert_eq!(
+            parse_timestamp(&dbl(1_800_000_000.1)),
+            Ok(TNS + 100_000_000)
+        );
         assert_eq!(parse_timestamp(&dbl(1_800_000_000.0)), Ok(TNS));
         assert_eq!(parse_timestamp(&dbl(0.5)), Ok(500_000_000));
         assert!(parse_timestamp(&dbl(f64::NAN)).is_err());
@@ -598,8 +609,18 @@ mod tests {
             Ok(TNS + 2),
             "rounds half away from zero at the tenth decimal"
         );
-        for bad in ["not a time", "", "12:00", "2027-13-45T00:00:00Z", "NaN", "inf"] {
-            assert!(parse_timestamp(&st(bad)).is_err(), "{bad:?} must be rejected");
+        for bad in [
+            "not a time",
+            "",
+            "12:00",
+            "2027-13-45T00:00:00Z",
+            "NaN",
+            "inf",
+        ] {
+            assert!(
+                parse_timestamp(&st(bad)).is_err(),
+                "{bad:?} must be rejected"
+            );
         }
         assert!(parse_timestamp(&AnyValue { value: None }).is_err());
         assert!(parse_timestamp(&AnyValue {
@@ -646,7 +667,10 @@ mod tests {
         let o = obs(x.span(rr, &span(vec![kv("run_id", int(12))])));
         assert_eq!(o.run_id, "12");
         assert!(!o.is_request());
-        assert_eq!(x.span(None, &span(vec![kv("admitted_at", int(T))])), Extracted::NoRun);
+        assert_eq!(
+            x.span(None, &span(vec![kv("admitted_at", int(T))])),
+            Extracted::NoRun
+        );
     }
 
     #[test]
@@ -680,7 +704,11 @@ mod tests {
             ..Default::default()
         });
         let o = obs(x.span(None, &s));
-        assert_eq!(o.stamps.get(Stamp::Queued), Some(TNS), "attribute beats event");
+        assert_eq!(
+            o.stamps.get(Stamp::Queued),
+            Some(TNS),
+            "attribute beats event"
+        );
         assert_eq!(o.stamps.get(Stamp::Admitted), Some(TNS + 1));
         assert_eq!(o.stamps.get(Stamp::LastToken), Some(TNS + 9));
         assert_eq!(o.stamps.get(Stamp::FirstToken), None);
@@ -711,7 +739,10 @@ mod tests {
             ]),
         ));
         assert_eq!(o.retry_count, Some(2));
-        assert_eq!(o.retry_causes, vec!["429".to_string(), "timeout".to_string()]);
+        assert_eq!(
+            o.retry_causes,
+            vec!["429".to_string(), "timeout".to_string()]
+        );
         assert_eq!(o.cap, Some(8));
         assert_eq!(o.cap_observation().map(|c| c.span_start), Some(42));
 
@@ -747,6 +778,9 @@ mod tests {
         let o = obs(x.span(None, &span(vec![kv("job", st("j")), kv("start", int(T))])));
         assert_eq!(o.run_id, "j");
         assert_eq!(o.stamps.get(Stamp::Admitted), Some(TNS));
-        assert_eq!(x.span(None, &span(vec![kv("run_id", st("r"))])), Extracted::NoRun);
+        assert_eq!(
+            x.span(None, &span(vec![kv("run_id", st("r"))])),
+            Extracted::NoRun
+        );
     }
 }

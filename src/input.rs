@@ -54,15 +54,17 @@ pub fn read_traces(
         }
     };
     let mut r: Box<dyn BufRead + '_> = if head == Some([0x1f, 0x8b]) {
-        Box::new(BufReader::with_capacity(1 << 16, MultiGzDecoder::new(plain)))
+        Box::new(BufReader::with_capacity(
+            1 << 16,
+            MultiGzDecoder::new(plain),
+        ))
     } else {
         Box::new(plain)
     };
-    let first = r.fill_buf().ok().and_then(|b| {
-        b.iter()
-            .copied()
-            .find(|c| !c.is_ascii_whitespace())
-    });
+    let first = r
+        .fill_buf()
+        .ok()
+        .and_then(|b| b.iter().copied().find(|c| !c.is_ascii_whitespace()));
     let json = match format {
         InputFormat::Json => true,
         InputFormat::Proto => false,
@@ -316,7 +318,10 @@ mod tests {
         let (got, errs) = collect(text.as_bytes(), InputFormat::Auto);
         assert_eq!(got, vec!["f:1 s0", "f:4 s0"]);
         assert_eq!(errs.len(), 1);
-        assert!(errs[0].starts_with("f:2: not an OTLP JSON trace export"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("f:2: not an OTLP JSON trace export"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`window`]: the sweep line: queue/in-flight/cap → gaps, windows, totals.
 //! - [`report`]: the SPEC §4 report (serde).
 //! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
+//! - [`testutil`]: builders shared by tests, benchmarks and the simulator.
 //! - [`config`]: command-line arguments → validated configuration.
 //! - [`cli`]: the subcommands.
 //!
@@ -25,4 +26,5 @@ pub mod input;
 pub mod join;
 pub mod model;
 pub mod report;
+pub mod testutil;
 pub mod window;

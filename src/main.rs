@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use tpsgap::cli::analyze::{self, AnalyzeArgs};
 
 #[derive(Parser)]
-#[command(name = "tpsgap", version, about = "Tokens-per-second and idle-gap metrics from OpenTelemetry traces of LLM inference")]
+#[command(
+    name = "tpsgap",
+    version,
+    about = "Tokens-per-second and idle-gap metrics from OpenTelemetry traces of LLM inference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,7 +33,11 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => {
-            let code = analyze::run(&args, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())?;
+            let code = analyze::run(
+                &args,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )?;
             Ok(ExitCode::from(code))
         }
     }

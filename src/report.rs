@@ -119,13 +119,33 @@ impl Summary {
         let rank = |p: usize| samples[(p * n).div_ceil(100).clamp(1, n) - 1];
         Summary {
             count: n as u64,
-            mean: Some(samples.iter().sum::<f64>() / n as f64),
+            mean: Some(accurate_mean(samples)),
             p50: Some(rank(50)),
             p90: Some(rank(90)),
             p99: Some(rank(99)),
             max: Some(samples[n - 1]),
         }
     }
+}
+
+/// The mean of the samples, as close to correctly rounded as double-double
+/// arithmetic gets: a compensated (Neumaier) sum, divided with the
+/// remainder folded back, so the result does not depend on sample order.
+pub fn accurate_mean(xs: &[f64]) -> f64 {
+    let (mut sum, mut c) = (0.0f64, 0.0f64);
+    for &x in xs {
+        let t = sum + x;
+        c += if sum.abs() >= x.abs() {
+            (sum - t) + x
+        } else {
+            (x - t) + sum
+        };
+        sum = t;
+    }
+    let n = xs.len() as f64;
+    let q = sum / n;
+    let r = (-q).mul_add(n, sum) + c;
+    q + r / n
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +167,15 @@ mod tests {
         assert_eq!(s.p90, Some(9.0));
         assert_eq!(s.p99, Some(10.0));
         assert_eq!(s.max, Some(10.0));
+        assert_eq!(
+            accurate_mean(&[5.2, 7.0, 7.0, 8.2, 8.2, 8.5, 13.5]),
+            8.228571428571428
+        );
+        assert_eq!(
+            accurate_mean(&[0.05, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]),
+            0.09285714285714286
+        );
+        assert_eq!(accurate_mean(&[1e16, 1.0, -1e16]), 1.0 / 3.0);
         let mut one = [4.0];
         assert_eq!(Summary::of(&mut one).p50, Some(4.0));
         let empty = serde_json::to_value(Summary::of(&mut [])).unwrap();

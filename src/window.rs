@@ -12,9 +12,7 @@
 use std::collections::VecDeque;
 
 use crate::model::{duration_secs, nanos_to_secs, Cause, Nanos, Request, Stamp};
-use crate::report::{
-    ByCause, Gap, Latency, RunReport, Stats, Summary, WindowReport,
-};
+use crate::report::{ByCause, Gap, Latency, RunReport, Stats, Summary, WindowReport};
 
 /// How windows and gaps are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,11 +197,13 @@ impl Profile {
         }
         let mut sorted_caps: Vec<CapPoint> = caps.to_vec();
         sorted_caps.sort_by_key(|c| c.t);
+        // Before the first observation the cap is the first one's value (of
+        // several at that instant, the one received last).
+        let first_t = sorted_caps.first().map_or(start, |c| c.t);
         let mut cap = sorted_caps
             .iter()
             .rev()
-            .find(|c| c.t <= start)
-            .or(sorted_caps.first())
+            .find(|c| c.t <= start.max(first_t))
             .map(|c| c.value)
             .or(cfg.default_cap);
         let has_cap = cap.is_some();
@@ -448,7 +448,10 @@ pub fn windows_overlapping(lo: Nanos, hi: Nanos, cfg: &WindowConfig) -> (i64, i6
 
 /// The windows containing instant `t`.
 pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
-    ((t - cfg.window).div_euclid(cfg.step) + 1, t.div_euclid(cfg.step))
+    (
+        (t - cfg.window).div_euclid(cfg.step) + 1,
+        t.div_euclid(cfg.step),
+    )
 }
 
 /// Per-request derived metrics (SPEC §1), each `None` when an input is
@@ -476,10 +479,15 @@ impl Derived {
     }
 
     pub fn negative_count(&self) -> u64 {
-        [self.t_queue, self.t_first_token, self.t_stream, self.t_in_flight]
-            .iter()
-            .filter(|x| matches!(x, Some(Err(()))))
-            .count() as u64
+        [
+            self.t_queue,
+            self.t_first_token,
+            self.t_stream,
+            self.t_in_flight,
+        ]
+        .iter()
+        .filter(|x| matches!(x, Some(Err(()))))
+        .count() as u64
     }
 }
 
@@ -542,7 +550,12 @@ impl Samples {
 
 /// The report of one run, computed from all its requests at once (the
 /// offline path, and the live path when a run is finalized).
-pub fn run_report(run_id: &str, requests: &[&Request], caps: &[CapPoint], cfg: &WindowConfig) -> RunReport {
+pub fn run_report(
+    run_id: &str,
+    requests: &[&Request],
+    caps: &[CapPoint],
+    cfg: &WindowConfig,
+) -> RunReport {
     let mut rep = RunReport {
         run_id: run_id.to_string(),
         cap: caps
@@ -615,3 +628,7 @@ pub fn run_report(run_id: &str, requests: &[&Request], caps: &[CapPoint], cfg: &
         .collect();
     rep
 }
+
+#[cfg(test)]
+#[path = "window_tests.rs"]
+mod tests;

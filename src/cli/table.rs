@@ -73,7 +73,9 @@ fn write_run(out: &mut impl Write, run: &RunReport) -> io::Result<()> {
         (Some(a), Some(b)) => format!("{} .. {} ({:.3}s)", utc(a), utc(b), b - a),
         _ => "no request timestamps".to_string(),
     };
-    let cap = run.cap.map_or_else(|| "none".to_string(), |c| c.to_string());
+    let cap = run
+        .cap
+        .map_or_else(|| "none".to_string(), |c| c.to_string());
     writeln!(out, "run {}  {range}  cap {cap}", run.run_id)?;
     let q = &run.requests;
     writeln!(
@@ -114,7 +116,15 @@ fn write_run(out: &mut impl Write, run: &RunReport) -> io::Result<()> {
     writeln!(
         out,
         "  {:<24} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>6} {:>8}",
-        "window start (UTC)", "eff s", "sys TPS", "backlog", "gap", "util", "in flight", "reqs", "success"
+        "window start (UTC)",
+        "eff s",
+        "sys TPS",
+        "backlog",
+        "gap",
+        "util",
+        "in flight",
+        "reqs",
+        "success"
     )?;
     for w in &run.windows {
         let s = &w.stats;
