@@ -54,3 +54,185 @@ impl From<&WindowArgs> for WindowConfig {
         }
     }
 }
+
+/// `tpsgap serve` flags. Every flag also reads `TPSGAP_<FLAG>` from the
+/// environment, and `--config FILE` (TOML, keys named like the flags)
+/// supplies values that neither the command line nor the environment set.
+#[derive(Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// TOML file with defaults for these flags, e.g. `window = "30s"`.
+    #[arg(long, env = "TPSGAP_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "TPSGAP_GRPC_LISTEN", default_value = "127.0.0.1:4317")]
+    pub grpc_listen: std::net::SocketAddr,
+    /// OTLP/HTTP listen address (`POST /v1/traces`).
+    #[arg(long, env = "TPSGAP_HTTP_LISTEN", default_value = "127.0.0.1:4318")]
+    pub http_listen: std::net::SocketAddr,
+    /// API listen address: web page, JSON API, `/metrics`, `/healthz`.
+    #[arg(long, env = "TPSGAP_API_LISTEN", default_value = "127.0.0.1:9464")]
+    pub api_listen: std::net::SocketAddr,
+    /// OTLP/gRPC endpoint that receives derived metrics and gap spans, e.g.
+    /// `http://127.0.0.1:4317` of a Collector (none by default).
+    #[arg(long, env = "TPSGAP_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// Allowed lateness L: a window is final once the largest timestamp seen
+    /// in its run is L past its end.
+    #[arg(long, env = "TPSGAP_LATENESS", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub lateness: Duration,
+    /// A run without a span for this long (wall clock) is finalized.
+    #[arg(long, env = "TPSGAP_RUN_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub run_idle_timeout: Duration,
+    /// At most this many live runs; spans of further runs are refused with a
+    /// retryable status (gRPC UNAVAILABLE, HTTP 503) and counted.
+    #[arg(long, env = "TPSGAP_MAX_RUNS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_runs: u64,
+    /// Largest accepted OTLP message in bytes (after decompression).
+    #[arg(long, env = "TPSGAP_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+    /// Finished runs kept queryable in the API: at most this many …
+    #[arg(long, env = "TPSGAP_KEEP_FINAL_RUNS", default_value_t = 1_000)]
+    pub keep_final_runs: usize,
+    /// … for at most this long.
+    #[arg(long, env = "TPSGAP_KEEP_FINAL_FOR", default_value = "1h", value_parser = parse_duration)]
+    pub keep_final_for: Duration,
+    /// OTLP export requests that may wait while the endpoint is down; past
+    /// this the oldest are dropped and counted.
+    #[arg(long, env = "TPSGAP_EXPORT_BUFFER", default_value_t = 1024)]
+    pub export_buffer: usize,
+}
+
+impl From<&ServeArgs> for crate::serve::ServeConfig {
+    fn from(a: &ServeArgs) -> Self {
+        crate::serve::ServeConfig {
+            live: crate::live::LiveConfig {
+                window: WindowConfig::from(&a.window),
+                lateness: nanos(a.lateness),
+                idle_timeout: a.run_idle_timeout,
+                max_runs: usize::try_from(a.max_runs).unwrap_or(usize::MAX),
+                keep_final_runs: a.keep_final_runs,
+                keep_final_for: a.keep_final_for,
+            },
+            otlp_endpoint: a.otlp_endpoint.clone(),
+            max_message: a.max_message_bytes,
+            export_buffer: a.export_buffer,
+            ..crate::serve::ServeConfig::default()
+        }
+    }
+}
+
+/// Errors of the `--config` file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// The `--config` file named by the command line or `TPSGAP_CONFIG`.
+pub fn config_path(args: &[std::ffi::OsString]) -> Option<std::path::PathBuf> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let s = a.to_string_lossy();
+        if s == "--config" {
+            return it.next().map(std::path::PathBuf::from);
+        }
+        if let Some(v) = s.strip_prefix("--config=") {
+            return Some(v.into());
+        }
+    }
+    std::env::var_os("TPSGAP_CONFIG").map(Into::into)
+}
+
+/// Reads a TOML config file into `(TPSGAP_<KEY>, value)` pairs. Keys are the
+/// flag names (`grpc-listen` or `grpc_listen`); unknown keys are an error.
+///
+/// # Errors
+/// When the file cannot be read, is not TOML, or has unknown keys or values
+/// that are not strings, numbers or booleans.
+pub fn read_config_file(
+    path: &std::path::Path,
+    known: &[String],
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
+    let mut out = Vec::new();
+    for (k, v) in table {
+        let flag = k.replace('_', "-");
+        if flag == "config" || !known.contains(&flag) {
+            return Err(ConfigError::Invalid {
+                path: p,
+                message: format!(
+                    "unknown key {k:?} (keys are the serve flags: {})",
+                    known.join(", ")
+                ),
+            });
+        }
+        let value = match v {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(ConfigError::Invalid {
+                    path: p,
+                    message: format!(
+                        "key {k:?}: expected a string, number or boolean, got {other}"
+                    ),
+                })
+            }
+        };
+        out.push((
+            format!("TPSGAP_{}", flag.replace('-', "_").to_ascii_uppercase()),
+            value,
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_keys_become_env_pairs() {
+        let dir = std::env::temp_dir().join(format!("tpsgap-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "window = \"30s\"\ndefault_cap = 8\nmax-runs = 5\n").unwrap();
+        let known: Vec<String> = ["window", "default-cap", "max-runs"]
+            .map(String::from)
+            .to_vec();
+        let mut got = read_config_file(&f, &known).unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("TPSGAP_DEFAULT_CAP".to_string(), "8".to_string()),
+                ("TPSGAP_MAX_RUNS".to_string(), "5".to_string()),
+                ("TPSGAP_WINDOW".to_string(), "30s".to_string()),
+            ]
+        );
+        std::fs::write(&f, "windw = \"30s\"\n").unwrap();
+        let e = read_config_file(&f, &known).unwrap_err().to_string();
+        assert!(e.contains("unknown key \"windw\""), "{e}");
+        std::fs::write(&f, "window = [1]\n").unwrap();
+        assert!(read_config_file(&f, &known).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

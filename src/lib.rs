@@ -11,6 +11,10 @@
 //! - [`join`]: merges observations per `(run_id, request_id)`.
 //! - [`window`]: the sweep line: queue/in-flight/cap → gaps, windows, totals.
 //! - [`report`]: the SPEC §4 report (serde).
+//! - [`live`]: the live engine: watermarks, final windows, idle runs.
+//! - [`ingest`]: OTLP/gRPC and OTLP/HTTP receivers around one `handle()`.
+//! - [`export`]: OTLP metrics and gap spans, Prometheus, the JSON API.
+//! - [`serve`]: wires them into `tpsgap serve` with staged shutdown.
 //! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
 //! - [`testutil`]: builders shared by tests, benchmarks and the simulator.
 //! - [`config`]: command-line arguments → validated configuration.
@@ -21,10 +25,14 @@
 
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod extract;
+pub mod ingest;
 pub mod input;
 pub mod join;
+pub mod live;
 pub mod model;
 pub mod report;
+pub mod serve;
 pub mod testutil;
 pub mod window;

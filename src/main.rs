@@ -2,8 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
 use tpsgap::cli::analyze::{self, AnalyzeArgs};
+use tpsgap::config::{config_path, read_config_file, ServeArgs};
+use tpsgap::serve::{self, Listeners, ServeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +23,81 @@ struct Cli {
 enum Command {
     /// Print the report of OTLP trace export files.
     Analyze(AnalyzeArgs),
+    /// Receive spans over OTLP and export live metrics.
+    Serve(ServeArgs),
+}
+
+/// Applies the `--config` TOML file as environment defaults: command-line
+/// flags beat environment variables, which beat the file.
+fn apply_config_file() -> anyhow::Result<()> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).and_then(|a| a.to_str()) != Some("serve") {
+        return Ok(());
+    }
+    let Some(path) = config_path(&args) else {
+        return Ok(());
+    };
+    let cmd = Cli::command();
+    let known: Vec<String> = cmd
+        .find_subcommand("serve")
+        .map(|s| {
+            s.get_arguments()
+                .filter_map(|a| a.get_long().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in read_config_file(&path, &known)? {
+        if std::env::var_os(&k).is_none() {
+            // Single-threaded here: no other thread reads the environment yet.
+            std::env::set_var(k, v);
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("signal received");
+}
+
+async fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = ServeConfig::from(&args);
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))
+    };
+    let listeners = Listeners {
+        grpc: bind(args.grpc_listen).await?,
+        http: bind(args.http_listen).await?,
+        api: bind(args.api_listen).await?,
+    };
+    tracing::info!(
+        grpc = %args.grpc_listen,
+        http = %args.http_listen,
+        api = %args.api_listen,
+        otlp_endpoint = ?args.otlp_endpoint,
+        "tpsgap serving: OTLP/gRPC, OTLP/HTTP, API (/metrics, /api/v1/runs)"
+    );
+    serve::run(cfg, listeners, shutdown_signal()).await?;
+    Ok(())
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -30,6 +108,7 @@ fn main() -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+    apply_config_file()?;
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => {
@@ -39,6 +118,13 @@ fn main() -> anyhow::Result<ExitCode> {
                 &mut std::io::stderr().lock(),
             )?;
             Ok(ExitCode::from(code))
+        }
+        Command::Serve(args) => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve_main(args))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

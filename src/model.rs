@@ -187,6 +187,9 @@ pub struct Request {
     pub failed: bool,
     /// The smallest span reference seen, a stable pick for exemplars.
     pub span: SpanRef,
+    /// Live-service bookkeeping: already counted in the cumulative metrics
+    /// (never touched by merging).
+    pub counted: bool,
 }
 
 impl Request {

@@ -98,3 +98,62 @@ pub fn export(spans: Vec<Span>) -> ExportTraceServiceRequest {
         }],
     }
 }
+
+/// A realistic synthetic export: `runs` runs, each request new, two spans
+/// per request (a queue span and a generate span joined by `request_id`),
+/// about a dozen attributes per span, 512 spans per export request. Returns
+/// the export requests in send order.
+pub fn synthetic_exports(total_spans: usize, runs: usize) -> Vec<ExportTraceServiceRequest> {
+    let base: Nanos = 1_800_000_000 * crate::model::NANOS_PER_SEC;
+    let mut out = Vec::new();
+    let mut spans = Vec::with_capacity(512);
+    let mut seq = 0u64;
+    let requests = total_spans / 2;
+    for i in 0..requests {
+        let run = format!("run-{:03}", i % runs.max(1));
+        let req = format!("req-{i:08}");
+        // Per run, a request arrives every 50 ms and lives about 2 s.
+        let k = (i / runs.max(1)) as i64;
+        let q = base + k * 50_000_000 + (i as i64 % 7) * 1_000_000;
+        let a = q + 20_000_000 + (i as i64 % 5) * 10_000_000;
+        let f = a + 150_000_000;
+        let l = f + 1_500_000_000 + (i as i64 % 11) * 20_000_000;
+        let r = l + 5_000_000;
+        spans.push(request_span(
+            &run,
+            &req,
+            &[(Stamp::Queued, q), (Stamp::Admitted, a)],
+            vec![
+                kv_int("cap", 64),
+                kv_str("gen_ai.request.model", "llama-3-8b"),
+            ],
+            seq,
+        ));
+        seq += 1;
+        {
+            spans.push(request_span(
+                &run,
+                &req,
+                &[
+                    (Stamp::FirstToken, f),
+                    (Stamp::LastToken, l),
+                    (Stamp::Released, r),
+                ],
+                vec![
+                    kv_int("gen_ai.usage.output_tokens", 100 + (i as i64 % 300)),
+                    kv_int("gen_ai.usage.input_tokens", 500),
+                    kv_str("gen_ai.response.model", "llama-3-8b"),
+                ],
+                seq,
+            ));
+            seq += 1;
+        }
+        if spans.len() >= 512 {
+            out.push(export(std::mem::take(&mut spans)));
+        }
+    }
+    if !spans.is_empty() {
+        out.push(export(spans));
+    }
+    out
+}

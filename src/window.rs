@@ -454,6 +454,42 @@ pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
     )
 }
 
+/// The reports of windows `first..=last` (computed by [`Profile::stats`]
+/// plus the requests released in each window).
+pub fn window_reports(
+    profile: &Profile,
+    requests: &[&Request],
+    first: i64,
+    last: i64,
+    cfg: &WindowConfig,
+) -> Vec<WindowReport> {
+    if first > last {
+        return Vec::new();
+    }
+    let mut counts = vec![Counts::default(); (last - first + 1) as usize];
+    for r in requests {
+        let Some(t) = r.get(Stamp::Released) else {
+            continue;
+        };
+        let (a, b) = windows_containing(t, cfg);
+        for k in a.max(first)..=b.min(last) {
+            counts[(k - first) as usize].add(r);
+        }
+    }
+    (first..=last)
+        .zip(&counts)
+        .map(|(k, c)| {
+            let ws = k * cfg.step;
+            let we = ws + cfg.window;
+            WindowReport {
+                start_unix_s: nanos_to_secs(ws),
+                end_unix_s: nanos_to_secs(we),
+                stats: profile.stats(ws, we, c),
+            }
+        })
+        .collect()
+}
+
 /// Per-request derived metrics (SPEC §1), each `None` when an input is
 /// missing; `Some(Err(()))` for a negative interval.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -549,13 +585,24 @@ impl Samples {
 }
 
 /// The report of one run, computed from all its requests at once (the
-/// offline path, and the live path when a run is finalized).
+/// offline path, and the live path when windows become final).
 pub fn run_report(
     run_id: &str,
     requests: &[&Request],
     caps: &[CapPoint],
     cfg: &WindowConfig,
 ) -> RunReport {
+    compute_run(run_id, requests, caps, cfg).0
+}
+
+/// [`run_report`] plus the [`Profile`] it was computed from (`None` when no
+/// request has a timestamp), for step slices and gap details.
+pub fn compute_run(
+    run_id: &str,
+    requests: &[&Request],
+    caps: &[CapPoint],
+    cfg: &WindowConfig,
+) -> (RunReport, Option<Profile>) {
     let mut rep = RunReport {
         run_id: run_id.to_string(),
         cap: caps
@@ -592,7 +639,7 @@ pub fn run_report(
     }
     rep.latency = samples.summarize();
     let Some((start, end)) = active_range(requests.iter().copied()) else {
-        return rep;
+        return (rep, None);
     };
     rep.start_unix_s = Some(nanos_to_secs(start));
     rep.end_unix_s = Some(nanos_to_secs(end));
@@ -602,31 +649,10 @@ pub fn run_report(
     let (first, last) = windows_overlapping(start, end, cfg);
     let first = first.max(last.saturating_sub(cfg.max_windows as i64 - 1));
     if first > last {
-        return rep;
+        return (rep, Some(profile));
     }
-    let mut counts = vec![Counts::default(); (last - first + 1) as usize];
-    for r in requests {
-        let Some(t) = r.get(Stamp::Released) else {
-            continue;
-        };
-        let (a, b) = windows_containing(t, cfg);
-        for k in a.max(first)..=b.min(last) {
-            counts[(k - first) as usize].add(r);
-        }
-    }
-    rep.windows = (first..=last)
-        .zip(&counts)
-        .map(|(k, c)| {
-            let ws = k * cfg.step;
-            let we = ws + cfg.window;
-            WindowReport {
-                start_unix_s: nanos_to_secs(ws),
-                end_unix_s: nanos_to_secs(we),
-                stats: profile.stats(ws, we, c),
-            }
-        })
-        .collect();
-    rep
+    rep.windows = window_reports(&profile, requests, first, last, cfg);
+    (rep, Some(profile))
 }
 
 #[cfg(test)]

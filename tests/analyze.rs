@@ -62,7 +62,10 @@ fn assert_same(got: &Value, want: &Value) {
                 }
             }
             (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
-                let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+                let (x, y) = (
+                    x.as_f64().unwrap_or(f64::NAN),
+                    y.as_f64().unwrap_or(f64::NAN),
+                );
                 // Hand calculations round the exact decimal; the binary
                 // computation may land one unit in the last place away.
                 if (x - y).abs() > 1e-12 * x.abs().max(y.abs()) {

@@ -1,0 +1,80 @@
+//! The API port: `/metrics`, the JSON API, health checks. Read-only.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use super::prom::PromMetrics;
+use crate::live::{Engine, RunPhase, RunSummary};
+use crate::report::RunReport;
+
+/// What the API handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: Arc<Engine>,
+    pub prom: Arc<PromMetrics>,
+}
+
+#[derive(Serialize)]
+struct RunList {
+    runs: Vec<RunSummary>,
+}
+
+/// `GET /api/v1/runs/{run_id}`: the SPEC §4 run object plus its state.
+#[derive(Serialize)]
+struct RunView {
+    #[serde(flatten)]
+    report: RunReport,
+    state: RunPhase,
+}
+
+#[derive(Serialize)]
+struct ApiError {
+    error: String,
+}
+
+/// The API router.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/runs", get(runs))
+        .route("/api/v1/runs/{run_id}", get(run))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ready\n" }))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.prom.encode(),
+    )
+        .into_response()
+}
+
+async fn runs(State(s): State<ApiState>) -> Json<RunList> {
+    Json(RunList {
+        runs: s.engine.list(),
+    })
+}
+
+async fn run(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match s.engine.run_view(&id) {
+        Some((report, state)) => Json(RunView { report, state }).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(ApiError {
+                error: format!("no run {id:?}"),
+            }),
+        )
+            .into_response(),
+    }
+}

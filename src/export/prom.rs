@@ -1,0 +1,272 @@
+//! `/metrics`: the SPEC §3 metrics in Prometheus (OpenMetrics text) format,
+//! via the `prometheus-client` crate, plus tpsgap's own telemetry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::{GAUGES, HISTOGRAMS};
+use crate::live::{Engine, RunOutput};
+use crate::model::Cause;
+
+type Labels = Vec<(&'static str, String)>;
+type FloatCounter = Counter<f64, AtomicU64>;
+
+/// Builds histograms with one metric's bucket boundaries.
+#[derive(Clone)]
+pub struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// Counters of the OTLP exporter, shared with the self-telemetry.
+#[derive(Debug, Default)]
+pub struct ExportCounters {
+    /// Export requests that failed (each retry counts).
+    pub errors: AtomicU64,
+    /// Export requests dropped because the retry buffer was full.
+    pub dropped: AtomicU64,
+    /// Export requests delivered.
+    pub sent: AtomicU64,
+}
+
+/// The Prometheus view of tpsgap's output.
+pub struct PromMetrics {
+    registry: Registry,
+    gauges: Vec<Family<Labels, Gauge<f64, AtomicU64>>>,
+    histograms: Vec<Family<Labels, Histogram, Buckets>>,
+    requests: Family<Labels, Counter>,
+    tokens: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    gap: Family<Labels, FloatCounter>,
+    backlog: Family<Labels, FloatCounter>,
+    active: Family<Labels, FloatCounter>,
+}
+
+impl PromMetrics {
+    pub fn new(engine: Arc<Engine>, export: Arc<ExportCounters>) -> PromMetrics {
+        let mut registry = Registry::default();
+        let gauges: Vec<_> = GAUGES
+            .iter()
+            .map(|d| {
+                let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+                registry.register(d.prom, d.help, f.clone());
+                f
+            })
+            .collect();
+        let histograms: Vec<_> = HISTOGRAMS
+            .iter()
+            .map(|d| {
+                let f = Family::new_with_constructor(Buckets(d.buckets));
+                registry.register(d.prom, d.help, f.clone());
+                f
+            })
+            .collect();
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "llm_requests",
+            "Released requests by outcome",
+            requests.clone(),
+        );
+        let tokens = Family::<Labels, Counter>::default();
+        registry.register(
+            "llm_tokens",
+            "Tokens of released requests by gen_ai_token_type",
+            tokens.clone(),
+        );
+        let retries = Family::<Labels, Counter>::default();
+        registry.register(
+            "llm_retries",
+            "Retries of released requests",
+            retries.clone(),
+        );
+        let gap = Family::<Labels, FloatCounter>::default();
+        registry.register(
+            "llm_gap_seconds",
+            "Seconds of the gap set (waiting below the cap) by cause, per final step slice",
+            gap.clone(),
+        );
+        let backlog = Family::<Labels, FloatCounter>::default();
+        registry.register(
+            "llm_backlog_seconds",
+            "Seconds when requests waited, per final step slice",
+            backlog.clone(),
+        );
+        let active = Family::<Labels, FloatCounter>::default();
+        registry.register(
+            "llm_active_seconds",
+            "Seconds of the runs' active ranges, per final step slice",
+            active.clone(),
+        );
+        registry.register_collector(Box::new(SelfTelemetry { engine, export }));
+        PromMetrics {
+            registry,
+            gauges,
+            histograms,
+            requests,
+            tokens,
+            retries,
+            gap,
+            backlog,
+            active,
+        }
+    }
+
+    /// Applies what became final for one run.
+    pub fn update(&self, out: &RunOutput) {
+        let run = || vec![("run_id", out.run_id.clone())];
+        if let Some(w) = out.windows.last() {
+            for (def, fam) in GAUGES.iter().zip(&self.gauges) {
+                if let Some(v) = (def.value)(w) {
+                    fam.get_or_create(&run()).set(v);
+                }
+            }
+        }
+        for s in &out.slices {
+            if let Some(g) = s.gap_by_cause {
+                for c in Cause::ALL {
+                    let mut l = run();
+                    l.push(("cause", c.as_str().to_string()));
+                    self.gap.get_or_create(&l).inc_by(g[c as usize]);
+                }
+            }
+            self.backlog.get_or_create(&run()).inc_by(s.backlog_seconds);
+            self.active.get_or_create(&run()).inc_by(s.active_seconds);
+        }
+        for r in &out.requests {
+            let mut l = run();
+            l.push((
+                "outcome",
+                if r.failed { "failure" } else { "success" }.to_string(),
+            ));
+            self.requests.get_or_create(&l).inc();
+            for (kind, n) in [("output", r.output_tokens), ("input", r.input_tokens)] {
+                let mut l = run();
+                l.push(("gen_ai_token_type", kind.to_string()));
+                self.tokens.get_or_create(&l).inc_by(n);
+            }
+            self.retries.get_or_create(&run()).inc_by(r.retries);
+            let mut l = run();
+            if let Some(m) = &r.model {
+                l.push(("gen_ai_request_model", m.clone()));
+            }
+            for (def, fam) in HISTOGRAMS.iter().zip(&self.histograms) {
+                if let Some(v) = (def.value)(r) {
+                    fam.get_or_create(&l).observe(v);
+                }
+            }
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+}
+
+/// tpsgap's own counters, read at scrape time.
+struct SelfTelemetry {
+    engine: Arc<Engine>,
+    export: Arc<ExportCounters>,
+}
+
+impl std::fmt::Debug for SelfTelemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SelfTelemetry")
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for SelfTelemetry {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let c = &self.engine.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (acc, ign, rej, refused) = (
+            get(&c.spans_accepted),
+            get(&c.spans_ignored),
+            get(&c.spans_rejected),
+            get(&c.spans_refused),
+        );
+        let rows = [
+            (
+                "tpsgap_spans_received",
+                "Spans received over OTLP",
+                acc + ign + rej + refused,
+            ),
+            ("tpsgap_spans_accepted", "Spans accepted into a run", acc),
+            (
+                "tpsgap_spans_ignored",
+                "Spans without a run_id (ignored)",
+                ign,
+            ),
+            (
+                "tpsgap_spans_rejected",
+                "Spans with an unparseable value (partial success)",
+                rej,
+            ),
+            (
+                "tpsgap_spans_refused",
+                "Spans refused with a retryable status (limits)",
+                refused,
+            ),
+            (
+                "tpsgap_late_spans",
+                "Spans that arrived for an already exported window",
+                get(&c.late_spans),
+            ),
+            (
+                "tpsgap_windows_exported",
+                "Final windows exported",
+                get(&c.windows_final),
+            ),
+            (
+                "tpsgap_runs_finalized",
+                "Runs finalized (idle timeout or shutdown)",
+                get(&c.runs_finalized),
+            ),
+            (
+                "tpsgap_export_errors",
+                "Failed OTLP export attempts",
+                get(&self.export.errors),
+            ),
+            (
+                "tpsgap_export_dropped",
+                "OTLP export requests dropped from a full retry buffer",
+                get(&self.export.dropped),
+            ),
+            (
+                "tpsgap_export_sent",
+                "OTLP export requests delivered",
+                get(&self.export.sent),
+            ),
+        ];
+        for (name, help, v) in rows {
+            counter(&mut enc, name, help, v)?;
+        }
+        let g = ConstGauge::new(self.engine.live_runs() as i64);
+        g.encode(enc.encode_descriptor(
+            "tpsgap_live_runs",
+            "Runs currently live",
+            None,
+            g.metric_type(),
+        )?)
+    }
+}

@@ -1,0 +1,50 @@
+//! OTLP/gRPC `TraceService/Export`.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use super::Pipeline;
+use crate::live::Refusal;
+
+/// The gRPC receiver.
+pub struct GrpcReceiver {
+    pub pipeline: Arc<Pipeline>,
+}
+
+/// The one place where refusals become gRPC statuses: retryable
+/// `UNAVAILABLE`, as the OTLP specification asks for overload.
+fn status(r: Refusal) -> Status {
+    match r {
+        Refusal::TooManyRuns { .. } => Status::unavailable(r.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcReceiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.pipeline
+            .handle(request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+}
+
+/// The tonic service: gzip and zstd accepted, `max_message` bytes at most.
+pub fn service(pipeline: Arc<Pipeline>, max_message: usize) -> TraceServiceServer<GrpcReceiver> {
+    TraceServiceServer::new(GrpcReceiver { pipeline })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(max_message)
+}

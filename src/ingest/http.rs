@@ -1,0 +1,182 @@
+//! OTLP/HTTP `POST /v1/traces`: protobuf and JSON, gzip accepted. Answers in
+//! the request's content type.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+use super::Pipeline;
+use crate::live::Refusal;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => "application/x-protobuf",
+            Encoding::Json => "application/json",
+        }
+    }
+}
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// Why a request was not (fully) taken.
+#[derive(Debug, thiserror::Error)]
+enum HttpError {
+    #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
+    UnsupportedType(String),
+    #[error("unsupported content encoding {0:?}: use gzip or none")]
+    UnsupportedEncoding(String),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("cannot decode the body: {0}")]
+    Undecodable(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+#[derive(Clone)]
+struct HttpState {
+    pipeline: Arc<Pipeline>,
+    max_message: usize,
+}
+
+/// The one place where errors become HTTP answers.
+fn error_response(e: &HttpError, enc: Encoding) -> Response {
+    let (code, grpc_code) = match e {
+        HttpError::UnsupportedType(_) | HttpError::UnsupportedEncoding(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, 3)
+        }
+        HttpError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 3),
+        HttpError::Undecodable(_) => (StatusCode::BAD_REQUEST, 3),
+        HttpError::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
+    };
+    let status = RpcStatus {
+        code: grpc_code,
+        message: e.to_string(),
+    };
+    let body = match enc {
+        Encoding::Protobuf => status.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&status).unwrap_or_default(),
+    };
+    let mut resp = (code, [(header::CONTENT_TYPE, enc.content_type())], body).into_response();
+    if matches!(e, HttpError::Refused(_)) {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// The router serving `POST /v1/traces`.
+pub fn router(pipeline: Arc<Pipeline>, max_message: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .layer(DefaultBodyLimit::max(max_message))
+        .with_state(HttpState {
+            pipeline,
+            max_message,
+        })
+}
+
+fn encoding_of(headers: &HeaderMap) -> Result<Encoding, HttpError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        _ => Err(HttpError::UnsupportedType(ct.to_string())),
+    }
+}
+
+fn decompress(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, HttpError> {
+    let ce = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match ce.as_str() {
+        "" | "identity" => Ok(body),
+        "gzip" => {
+            let mut out = Vec::new();
+            flate2::read::MultiGzDecoder::new(&body[..])
+                .take(max as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| HttpError::Undecodable(format!("gzip: {e}")))?;
+            if out.len() > max {
+                return Err(HttpError::TooLarge(max));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(HttpError::UnsupportedEncoding(other.to_string())),
+    }
+}
+
+async fn traces(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let enc = match encoding_of(&headers) {
+        Ok(e) => e,
+        Err(e) => return error_response(&e, Encoding::Protobuf),
+    };
+    match export(&s, &headers, body, enc) {
+        Ok(resp) => {
+            let body = match enc {
+                Encoding::Protobuf => resp.encode_to_vec(),
+                // OTLP/JSON omits an absent partial success rather than writing null.
+                Encoding::Json if resp.partial_success.is_none() => b"{}".to_vec(),
+                Encoding::Json => serde_json::to_vec(&resp).unwrap_or_default(),
+            };
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, enc.content_type())],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) => error_response(&e, enc),
+    }
+}
+
+fn export(
+    s: &HttpState,
+    headers: &HeaderMap,
+    body: Bytes,
+    enc: Encoding,
+) -> Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, HttpError>
+{
+    let raw = decompress(headers, body, s.max_message)?;
+    let req = match enc {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(raw)
+            .map_err(|e| HttpError::Undecodable(e.to_string()))?,
+        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
+            .map_err(|e| HttpError::Undecodable(e.to_string()))?,
+    };
+    Ok(s.pipeline.handle(&req)?)
+}

@@ -1,0 +1,577 @@
+//! The live service's engine (SPEC §1 "When a window is final"): per-run
+//! watermarks, final windows and step slices, idle timeouts, late spans and
+//! the bounded set of finished runs.
+//!
+//! Pure like the core: no tokio, no clock. Callers pass [`Now`], so paused-time
+//! tests drive it exactly.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::extract::{Extracted, Rejection};
+use crate::join::RunState;
+use crate::model::{duration_secs, Cause, Nanos, Request, SpanRef, Stamp};
+use crate::report::{RunReport, Stats, WindowReport};
+use crate::window::{
+    compute_run, in_flight_interval, queued_interval, window_reports, windows_overlapping, Counts,
+    Derived, GapInterval, WindowConfig,
+};
+
+/// The moment of a call: a monotonic instant for timeouts and the Unix time
+/// for OTLP start timestamps.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    pub mono: Instant,
+    pub unix_ns: Nanos,
+}
+
+impl Now {
+    /// The current time (for callers outside the pure core).
+    pub fn system(mono: Instant) -> Now {
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        Now { mono, unix_ns }
+    }
+}
+
+/// Settings of the live engine.
+#[derive(Clone, Debug)]
+pub struct LiveConfig {
+    pub window: WindowConfig,
+    /// Allowed lateness `L`: the watermark is the largest timestamp seen
+    /// minus this.
+    pub lateness: Nanos,
+    /// A run that receives no span for this long (wall clock) is finalized.
+    pub idle_timeout: Duration,
+    /// At most this many live runs; spans of further runs are refused with a
+    /// retryable status.
+    pub max_runs: usize,
+    /// Finished runs kept for the API: at most this many …
+    pub keep_final_runs: usize,
+    /// … for at most this long.
+    pub keep_final_for: Duration,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            window: WindowConfig::default(),
+            lateness: 60 * crate::model::NANOS_PER_SEC,
+            idle_timeout: Duration::from_secs(60),
+            max_runs: 10_000,
+            keep_final_runs: 1_000,
+            keep_final_for: Duration::from_secs(3_600),
+        }
+    }
+}
+
+/// Whether a run still receives spans.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunPhase {
+    Live,
+    Final,
+}
+
+/// Why a batch was refused as a whole (retryable: nothing of it was applied).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("too many live runs: {live} live, at most {max} (--max-runs); retry later")]
+    TooManyRuns { live: usize, max: usize },
+}
+
+/// What happened to the spans of one accepted batch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub ignored: u64,
+    pub rejected: Vec<Rejection>,
+    pub late: u64,
+}
+
+struct LiveRun {
+    join: RunState,
+    first_seen_unix_ns: Nanos,
+    last_span: Instant,
+    /// The first window / step slice not yet final (`None` before the first
+    /// computation).
+    next_window: Option<i64>,
+    next_slice: Option<i64>,
+    /// Gaps ending at or before this were exported.
+    gaps_done_until: Nanos,
+    /// End of the last final window: a span with an earlier timestamp is late.
+    final_until: Nanos,
+    windows: Vec<WindowReport>,
+    late_spans: u64,
+}
+
+/// A finished run kept for the API.
+struct FinalRun {
+    report: RunReport,
+    at: Instant,
+}
+
+/// The measures of one final step slice `[k·S, (k+1)·S)` ∩ active range.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slice {
+    pub start: Nanos,
+    pub end: Nanos,
+    /// Gap seconds by cause (`None` without a cap).
+    pub gap_by_cause: Option<[f64; 3]>,
+    pub backlog_seconds: f64,
+    pub active_seconds: f64,
+}
+
+/// A final window with the trace context of requests worth looking at.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalWindow {
+    pub start: Nanos,
+    pub end: Nanos,
+    pub report: WindowReport,
+    /// Requests waiting in the window's longest gap, else its slowest request.
+    pub exemplars: Vec<SpanRef>,
+}
+
+/// A final gap interval with the requests that waited in it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalGap {
+    pub start: Nanos,
+    pub end: Nanos,
+    pub max_queue_depth: u32,
+    pub cause: Cause,
+    pub waiting: Vec<SpanRef>,
+}
+
+/// A released request, counted once when its step slice is final.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DoneRequest {
+    pub model: Option<String>,
+    pub failed: bool,
+    pub released: Nanos,
+    pub output_tokens: u64,
+    pub input_tokens: u64,
+    pub retries: u64,
+    pub span: SpanRef,
+    /// Per-request metrics in seconds (or tokens/s), successful requests only.
+    pub t_queue: Option<f64>,
+    pub t_first_token: Option<f64>,
+    pub t_stream: Option<f64>,
+    pub t_in_flight: Option<f64>,
+    pub stream_tps: Option<f64>,
+    pub end_to_end_tps: Option<f64>,
+    pub time_per_output_token: Option<f64>,
+}
+
+/// Everything that became final for one run in one tick.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOutput {
+    pub run_id: String,
+    /// Unix time the run was first seen: the start of its cumulative series.
+    pub start_unix_ns: Nanos,
+    pub windows: Vec<FinalWindow>,
+    pub slices: Vec<Slice>,
+    pub requests: Vec<DoneRequest>,
+    pub gaps: Vec<FinalGap>,
+    /// The run ended (idle timeout or shutdown) and its state was released.
+    pub finalized: bool,
+}
+
+/// Totals of one run for `GET /api/v1/runs`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub state: RunPhase,
+    pub totals: Stats,
+}
+
+/// Engine counters, read by the self-telemetry.
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    pub spans_accepted: AtomicU64,
+    pub spans_ignored: AtomicU64,
+    pub spans_rejected: AtomicU64,
+    pub spans_refused: AtomicU64,
+    pub late_spans: AtomicU64,
+    pub windows_final: AtomicU64,
+    pub runs_finalized: AtomicU64,
+}
+
+/// The live engine: joined runs, their export progress and finished runs.
+pub struct Engine {
+    cfg: LiveConfig,
+    runs: DashMap<String, LiveRun>,
+    finals: Mutex<VecDeque<(String, FinalRun)>>,
+    pub counters: EngineCounters,
+}
+
+/// At most this many trace references per exemplar list or gap span.
+pub const MAX_EXEMPLARS: usize = 5;
+
+impl Engine {
+    pub fn new(cfg: LiveConfig) -> Engine {
+        Engine {
+            cfg,
+            runs: DashMap::new(),
+            finals: Mutex::new(VecDeque::new()),
+            counters: EngineCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &LiveConfig {
+        &self.cfg
+    }
+
+    pub fn live_runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Applies a batch of extracted spans. Refuses the whole batch, applying
+    /// nothing, when it would start more runs than `max_runs` allows.
+    ///
+    /// # Errors
+    /// [`Refusal`] when the batch cannot be taken now (retryable).
+    pub fn ingest(&self, items: Vec<Extracted>, now: Now) -> Result<IngestOutcome, Refusal> {
+        let mut new_runs: Vec<&str> = items
+            .iter()
+            .filter_map(|e| match e {
+                Extracted::Observation(o) if !self.runs.contains_key(&o.run_id) => {
+                    Some(o.run_id.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        new_runs.sort_unstable();
+        new_runs.dedup();
+        let live = self.runs.len();
+        if !new_runs.is_empty() && live + new_runs.len() > self.cfg.max_runs {
+            self.counters
+                .spans_refused
+                .fetch_add(items.len() as u64, Ordering::Relaxed);
+            return Err(Refusal::TooManyRuns {
+                live,
+                max: self.cfg.max_runs,
+            });
+        }
+        let mut out = IngestOutcome::default();
+        for e in items {
+            match e {
+                Extracted::Observation(o) => {
+                    out.accepted += 1;
+                    let mut run = self
+                        .runs
+                        .entry(o.run_id.clone())
+                        .or_insert_with(|| LiveRun {
+                            join: RunState::default(),
+                            first_seen_unix_ns: now.unix_ns,
+                            last_span: now.mono,
+                            next_window: None,
+                            next_slice: None,
+                            gaps_done_until: i64::MIN,
+                            final_until: i64::MIN,
+                            windows: Vec::new(),
+                            late_spans: 0,
+                        });
+                    run.last_span = now.mono;
+                    if o.stamps
+                        .bounds()
+                        .is_some_and(|(lo, _)| lo < run.final_until)
+                    {
+                        run.late_spans += 1;
+                        out.late += 1;
+                    }
+                    run.join.apply(&o);
+                }
+                Extracted::NoRun => out.ignored += 1,
+                Extracted::Rejected(r) => out.rejected.push(r),
+            }
+        }
+        let c = &self.counters;
+        c.spans_accepted.fetch_add(out.accepted, Ordering::Relaxed);
+        c.spans_ignored.fetch_add(out.ignored, Ordering::Relaxed);
+        c.spans_rejected
+            .fetch_add(out.rejected.len() as u64, Ordering::Relaxed);
+        c.late_spans.fetch_add(out.late, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Exports what became final: windows whose end the watermark reached,
+    /// and every remaining window of runs idle for `idle_timeout` (or of all
+    /// runs when `finalize_all`, at shutdown). Finished runs leave the live set.
+    pub fn tick(&self, now: Now, finalize_all: bool) -> Vec<RunOutput> {
+        let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
+        let mut outputs = Vec::new();
+        for id in ids {
+            let finalize = finalize_all
+                || self.runs.get(&id).is_some_and(|r| {
+                    now.mono.saturating_duration_since(r.last_span) >= self.cfg.idle_timeout
+                });
+            if finalize {
+                let Some((_, mut run)) = self.runs.remove(&id) else {
+                    continue;
+                };
+                let (out, mut report) = self.advance(&id, &mut run, None);
+                report.windows = std::mem::take(&mut run.windows);
+                report.late_spans = run.late_spans;
+                self.counters.runs_finalized.fetch_add(1, Ordering::Relaxed);
+                self.remember(id, report, now.mono);
+                outputs.push(out);
+            } else if let Some(mut run) = self.runs.get_mut(&id) {
+                let Some(max) = run.join.max_stamp else {
+                    continue;
+                };
+                let wm = max.saturating_sub(self.cfg.lateness);
+                if self.has_new_final(&run, wm) {
+                    let (out, _) = self.advance(&id, &mut run, Some(wm));
+                    outputs.push(out);
+                }
+            }
+        }
+        self.prune_finals(now.mono);
+        outputs
+    }
+
+    fn has_new_final(&self, run: &LiveRun, wm: Nanos) -> bool {
+        let w = &self.cfg.window;
+        let (Some(nw), Some(ns)) = (run.next_window, run.next_slice) else {
+            return true;
+        };
+        nw * w.step + w.window <= wm || (ns + 1) * w.step <= wm
+    }
+
+    /// Computes the run and takes out what is final up to watermark `wm`
+    /// (everything when `wm` is `None`).
+    fn advance(&self, id: &str, run: &mut LiveRun, wm: Option<Nanos>) -> (RunOutput, RunReport) {
+        let w = self.cfg.window;
+        let mut reqs: Vec<&Request> = run.join.requests.values().collect();
+        reqs.sort_by_key(|r| (r.stamps.0, r.span));
+        let (report, profile) = compute_run(id, &reqs, &run.join.cap_points(), &w);
+        let mut out = RunOutput {
+            run_id: id.to_string(),
+            start_unix_ns: run.first_seen_unix_ns,
+            windows: Vec::new(),
+            slices: Vec::new(),
+            requests: Vec::new(),
+            gaps: Vec::new(),
+            finalized: wm.is_none(),
+        };
+        let Some(p) = profile else {
+            return (out, report);
+        };
+        let (first, last) = windows_overlapping(p.start, p.end, &w);
+        let (wlast, slast, cut) = match wm {
+            // Final windows end at or before the watermark.
+            Some(wm) => (
+                (wm - w.window).div_euclid(w.step),
+                wm.div_euclid(w.step) - 1,
+                wm,
+            ),
+            None => (last, (p.end - 1).div_euclid(w.step), i64::MAX),
+        };
+        let from = run.next_window.unwrap_or(first).max(first);
+        let to = wlast.min(last);
+        let gaps = p.gaps();
+        if from <= to {
+            let reports = window_reports(&p, &reqs, from, to, &w);
+            for (k, rep) in (from..=to).zip(reports) {
+                let (ws, we) = (k * w.step, k * w.step + w.window);
+                out.windows.push(FinalWindow {
+                    start: ws,
+                    end: we,
+                    exemplars: window_exemplars(&reqs, &gaps, ws, we, p.end),
+                    report: rep,
+                });
+            }
+            run.windows
+                .extend(out.windows.iter().map(|f| f.report.clone()));
+            run.final_until = run.final_until.max(to * w.step + w.window);
+            self.counters
+                .windows_final
+                .fetch_add(out.windows.len() as u64, Ordering::Relaxed);
+        }
+        run.next_window = Some(run.next_window.unwrap_or(first).max(to + 1).max(first));
+        let sfirst = run.next_slice.unwrap_or(p.start.div_euclid(w.step));
+        for k in sfirst..=slast {
+            let s = p.stats(k * w.step, (k + 1) * w.step, &Counts::default());
+            out.slices.push(Slice {
+                start: k * w.step,
+                end: (k + 1) * w.step,
+                gap_by_cause: s
+                    .gap_seconds_by_cause
+                    .map(|c| [c.stall, c.refill, c.under_cap]),
+                backlog_seconds: s.backlog_seconds,
+                active_seconds: s.effective_seconds,
+            });
+        }
+        run.next_slice = Some(sfirst.max(slast + 1));
+        let counted_until = run
+            .next_slice
+            .map_or(i64::MIN, |k| k.saturating_mul(w.step));
+        for g in gaps
+            .iter()
+            .filter(|g| g.end <= cut && g.end > run.gaps_done_until)
+        {
+            out.gaps.push(FinalGap {
+                start: g.start,
+                end: g.end,
+                max_queue_depth: g.max_queue_depth,
+                cause: g.cause(),
+                waiting: waiting_in(&reqs, g.start, g.end, p.end),
+            });
+        }
+        if let Some(g) = out.gaps.last() {
+            run.gaps_done_until = g.end;
+        }
+        drop(reqs);
+        for r in run.join.requests.values_mut() {
+            let Some(t) = r.get(Stamp::Released) else {
+                continue;
+            };
+            if !r.counted && (wm.is_none() || t < counted_until) {
+                r.counted = true;
+                out.requests.push(done(r, t));
+            }
+        }
+        out.requests
+            .sort_by(|a, b| a.released.cmp(&b.released).then(a.span.cmp(&b.span)));
+        (out, report)
+    }
+
+    fn remember(&self, id: String, report: RunReport, at: Instant) {
+        let Ok(mut finals) = self.finals.lock() else {
+            return;
+        };
+        finals.retain(|(i, _)| *i != id);
+        finals.push_back((id, FinalRun { report, at }));
+        while finals.len() > self.cfg.keep_final_runs {
+            finals.pop_front();
+        }
+    }
+
+    fn prune_finals(&self, now: Instant) {
+        if let Ok(mut finals) = self.finals.lock() {
+            finals.retain(|(_, f)| now.saturating_duration_since(f.at) < self.cfg.keep_final_for);
+        }
+    }
+
+    /// The report of a run with the windows exported so far, and its phase.
+    pub fn run_view(&self, id: &str) -> Option<(RunReport, RunPhase)> {
+        if let Some(run) = self.runs.get(id) {
+            let mut rep = run.join.report(id, &self.cfg.window);
+            rep.windows = run.windows.clone();
+            rep.late_spans = run.late_spans;
+            return Some((rep, RunPhase::Live));
+        }
+        let finals = self.finals.lock().ok()?;
+        finals
+            .iter()
+            .rev()
+            .find(|(i, _)| i == id)
+            .map(|(_, f)| (f.report.clone(), RunPhase::Final))
+    }
+
+    /// Every live and kept run with its totals, sorted by `run_id`.
+    pub fn list(&self) -> Vec<RunSummary> {
+        let mut out: Vec<RunSummary> = Vec::new();
+        let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
+        for id in ids {
+            if let Some((rep, state)) = self.run_view(&id) {
+                out.push(RunSummary {
+                    run_id: id,
+                    state,
+                    totals: rep.totals,
+                });
+            }
+        }
+        if let Ok(finals) = self.finals.lock() {
+            for (id, f) in finals.iter() {
+                if !out.iter().any(|s| s.run_id == *id) {
+                    out.push(RunSummary {
+                        run_id: id.clone(),
+                        state: RunPhase::Final,
+                        totals: f.report.totals.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        out
+    }
+}
+
+fn done(r: &Request, released: Nanos) -> DoneRequest {
+    let d = Derived::of(r);
+    let ok = |x: Option<Result<Nanos, ()>>| {
+        x.and_then(Result::ok)
+            .filter(|_| !r.failed)
+            .map(duration_secs)
+    };
+    let tokens = r.output_tokens.filter(|_| !r.failed);
+    let rate = |t: Option<f64>| match (tokens, t) {
+        (Some(n), Some(s)) if s > 0.0 => Some(n as f64 / s),
+        _ => None,
+    };
+    let t_stream = ok(d.t_stream);
+    DoneRequest {
+        model: r.model.clone(),
+        failed: r.failed,
+        released,
+        output_tokens: r.output_tokens.unwrap_or(0),
+        input_tokens: r.input_tokens.unwrap_or(0),
+        retries: r.retry_count.unwrap_or(0),
+        span: r.span,
+        t_queue: ok(d.t_queue),
+        t_first_token: ok(d.t_first_token),
+        t_stream,
+        t_in_flight: ok(d.t_in_flight),
+        stream_tps: rate(t_stream),
+        end_to_end_tps: rate(ok(d.t_in_flight)),
+        time_per_output_token: match (tokens, t_stream) {
+            (Some(n), Some(s)) if n >= 2 => Some(s / (n - 1) as f64),
+            _ => None,
+        },
+    }
+}
+
+/// Requests whose queued interval overlaps `[start, end)`, at most
+/// [`MAX_EXEMPLARS`], earliest first.
+pub fn waiting_in(reqs: &[&Request], start: Nanos, end: Nanos, run_end: Nanos) -> Vec<SpanRef> {
+    reqs.iter()
+        .filter(|r| queued_interval(r, run_end).is_some_and(|(a, b)| a < end && b > start))
+        .take(MAX_EXEMPLARS)
+        .map(|r| r.span)
+        .collect()
+}
+
+/// Exemplars of a window: the requests waiting in its longest gap, else the
+/// request with the longest in-flight time released in it.
+fn window_exemplars(
+    reqs: &[&Request],
+    gaps: &[GapInterval],
+    ws: Nanos,
+    we: Nanos,
+    run_end: Nanos,
+) -> Vec<SpanRef> {
+    let longest = gaps
+        .iter()
+        .map(|g| (g.end.min(we) - g.start.max(ws), g))
+        .filter(|(len, _)| *len > 0)
+        .max_by_key(|(len, g)| (*len, std::cmp::Reverse(g.start)));
+    if let Some((_, g)) = longest {
+        let w = waiting_in(reqs, g.start.max(ws), g.end.min(we), run_end);
+        if !w.is_empty() {
+            return w;
+        }
+    }
+    reqs.iter()
+        .filter(|r| r.get(Stamp::Released).is_some_and(|t| t >= ws && t < we))
+        .filter_map(|r| in_flight_interval(r, run_end).map(|(a, b)| (b - a, r.span)))
+        .max_by_key(|(len, span)| (*len, std::cmp::Reverse(*span)))
+        .map(|(_, s)| vec![s])
+        .unwrap_or_default()
+}

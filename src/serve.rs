@@ -1,0 +1,198 @@
+//! `tpsgap serve`: wires receivers, the live engine and the exporters.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so tests
+//! start it on port 0. Shutdown is staged, each stage with a deadline: stop
+//! the receivers → finalize every run → flush the exporters → stop the API.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::export::api::{self, ApiState};
+use crate::export::otlp::{self, PushConfig, Pusher};
+use crate::export::prom::{ExportCounters, PromMetrics};
+use crate::extract::{AttributeNames, Extractor};
+use crate::ingest::{grpc, http, Pipeline};
+use crate::live::{Engine, LiveConfig, Now, RunOutput};
+
+/// Validated settings of the service.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub live: LiveConfig,
+    pub attributes: AttributeNames,
+    /// Where derived metrics and gap spans are pushed (OTLP/gRPC), if anywhere.
+    pub otlp_endpoint: Option<String>,
+    /// Largest accepted OTLP message, bytes (default 64 MiB).
+    pub max_message: usize,
+    /// Export requests that may wait for a down endpoint (default 1024).
+    pub export_buffer: usize,
+    /// How often final windows are looked for (default 200 ms).
+    pub tick: Duration,
+    /// Deadline of each shutdown stage (default 10 s).
+    pub stage_deadline: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            live: LiveConfig::default(),
+            attributes: AttributeNames::default(),
+            otlp_endpoint: None,
+            max_message: 64 << 20,
+            export_buffer: 1024,
+            tick: Duration::from_millis(200),
+            stage_deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The three listening sockets.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub api: TcpListener,
+}
+
+/// Errors that stop the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("OTLP exporter: {0}")]
+    Exporter(String),
+    #[error("{0} server: {1}")]
+    Server(&'static str, String),
+}
+
+/// Where final output goes.
+struct Sinks {
+    prom: Arc<PromMetrics>,
+    pusher: Option<Pusher>,
+}
+
+impl Sinks {
+    fn dispatch(&self, outputs: Vec<RunOutput>) {
+        for out in outputs {
+            self.prom.update(&out);
+            if let Some(p) = &self.pusher {
+                if p.tx.try_send(out).is_err() {
+                    tracing::warn!("OTLP export queue full; output dropped");
+                }
+            }
+        }
+    }
+}
+
+fn now() -> Now {
+    Now::system(tokio::time::Instant::now().into_std())
+}
+
+/// Runs the service until `shutdown` completes, then shuts down in stages.
+///
+/// # Errors
+/// When the exporter cannot be set up or a server fails.
+pub async fn run(
+    cfg: ServeConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let engine = Arc::new(Engine::new(cfg.live.clone()));
+    let export_counters = Arc::new(ExportCounters::default());
+    let prom = Arc::new(PromMetrics::new(engine.clone(), export_counters.clone()));
+    let pusher = match &cfg.otlp_endpoint {
+        Some(ep) => Some(
+            otlp::spawn(
+                PushConfig {
+                    endpoint: ep.clone(),
+                    buffer: cfg.export_buffer,
+                    timeout: Duration::from_secs(10),
+                    flush_deadline: cfg.stage_deadline,
+                },
+                export_counters.clone(),
+            )
+            .map_err(ServeError::Exporter)?,
+        ),
+        None => None,
+    };
+    let sinks = Sinks {
+        prom: prom.clone(),
+        pusher,
+    };
+    let pipeline = Arc::new(Pipeline {
+        extractor: Extractor::new(&cfg.attributes),
+        engine: engine.clone(),
+    });
+
+    let (stop_rx_tx, stop_rx) = watch::channel(false);
+    let (stop_api_tx, stop_api) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
+        .add_service(grpc::service(pipeline.clone(), cfg.max_message))
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listeners.grpc),
+            wait(stop_rx.clone()),
+        );
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(
+        axum::serve(
+            listeners.http,
+            http::router(pipeline.clone(), cfg.max_message),
+        )
+        .with_graceful_shutdown(wait(stop_rx.clone()))
+        .into_future(),
+    );
+    let api_task = tokio::spawn(
+        axum::serve(
+            listeners.api,
+            api::router(ApiState {
+                engine: engine.clone(),
+                prom,
+            }),
+        )
+        .with_graceful_shutdown(wait(stop_api))
+        .into_future(),
+    );
+
+    let mut ticker = tokio::time::interval(cfg.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => sinks.dispatch(engine.tick(now(), false)),
+        }
+    }
+
+    tracing::info!("shutting down: stopping receivers");
+    let _ = stop_rx_tx.send(true);
+    let d = cfg.stage_deadline;
+    let grpc_res = tokio::time::timeout(d, grpc_task).await;
+    let http_res = tokio::time::timeout(d, http_task).await;
+    tracing::info!("finalizing every run");
+    sinks.dispatch(engine.tick(now(), true));
+    if let Some(p) = sinks.pusher {
+        tracing::info!("flushing the OTLP exporter");
+        drop(p.tx);
+        if tokio::time::timeout(d + Duration::from_secs(1), p.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("OTLP exporter did not finish flushing in time");
+        }
+    }
+    let _ = stop_api_tx.send(true);
+    let _ = tokio::time::timeout(d, api_task).await;
+    if let Ok(Ok(Err(e))) = grpc_res {
+        return Err(ServeError::Server("gRPC", e.to_string()));
+    }
+    if let Ok(Ok(Err(e))) = http_res {
+        return Err(ServeError::Server("HTTP", e.to_string()));
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
