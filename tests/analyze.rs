@@ -1,15 +1,14 @@
 //! End to end: the real `tpsgap` binary on OTLP exports, against expected
 //! reports worked out by hand (see each fixture's `.md`).
 
+mod common;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use common::{assert_same, expected, root};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn tpsgap(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
@@ -21,8 +20,7 @@ fn tpsgap(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .spawn()
         .expect("start tpsgap");
     let mut pipe = child.stdin.take().expect("stdin");
-    pipe.write_all(stdin.unwrap_or_default())
-        .expect("write stdin");
+    pipe.write_all(stdin.unwrap_or_default()).expect("write stdin");
     drop(pipe);
     child.wait_with_output().expect("tpsgap runs")
 }
@@ -34,51 +32,6 @@ fn json(out: &Output) -> Value {
             String::from_utf8_lossy(&out.stderr)
         )
     })
-}
-
-fn expected(path: &str) -> Value {
-    let text = std::fs::read_to_string(root().join(path)).expect("expected file");
-    serde_json::from_str(&text).expect("expected JSON")
-}
-
-/// Comparison with a readable list of differences: types and integers
-/// exactly, floats to 1e-12 relative.
-fn assert_same(got: &Value, want: &Value) {
-    fn walk(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
-        match (a, b) {
-            (Value::Object(x), Value::Object(y)) => {
-                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
-                    walk(
-                        x.get(k).unwrap_or(&Value::String("<missing>".into())),
-                        y.get(k).unwrap_or(&Value::String("<missing>".into())),
-                        format!("{path}.{k}"),
-                        out,
-                    );
-                }
-            }
-            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
-                for (i, (u, v)) in x.iter().zip(y).enumerate() {
-                    walk(u, v, format!("{path}[{i}]"), out);
-                }
-            }
-            (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
-                let (x, y) = (
-                    x.as_f64().unwrap_or(f64::NAN),
-                    y.as_f64().unwrap_or(f64::NAN),
-                );
-                // Hand calculations round the exact decimal; the binary
-                // computation may land one unit in the last place away.
-                if (x - y).abs() > 1e-12 * x.abs().max(y.abs()) {
-                    out.push(format!("{path}: got {x}, want {y}"));
-                }
-            }
-            _ if a != b => out.push(format!("{path}: got {a}, want {b}")),
-            _ => {}
-        }
-    }
-    let mut diffs = Vec::new();
-    walk(got, want, String::new(), &mut diffs);
-    assert!(diffs.is_empty(), "report differs:\n{}", diffs.join("\n"));
 }
 
 #[test]

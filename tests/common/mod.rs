@@ -1,0 +1,124 @@
+//! Helpers shared by the end-to-end tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python with the OpenTelemetry SDK (scripts/test.sh sets it up).
+pub fn python() -> PathBuf {
+    std::env::var_os("TPSGAP_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"))
+}
+
+pub fn expected(path: &str) -> Value {
+    let text = std::fs::read_to_string(root().join(path)).expect("expected file");
+    serde_json::from_str(&text).expect("expected JSON")
+}
+
+/// Comparison with a readable list of differences: types and integers
+/// exactly, floats to 1e-12 relative.
+pub fn assert_same(got: &Value, want: &Value) {
+    fn walk(a: &Value, b: &Value, path: String, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(x), Value::Object(y)) => {
+                for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                    walk(
+                        x.get(k).unwrap_or(&Value::String("<missing>".into())),
+                        y.get(k).unwrap_or(&Value::String("<missing>".into())),
+                        format!("{path}.{k}"),
+                        out,
+                    );
+                }
+            }
+            (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+                for (i, (u, v)) in x.iter().zip(y).enumerate() {
+                    walk(u, v, format!("{path}[{i}]"), out);
+                }
+            }
+            (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
+                let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+                // Hand calculations round the exact decimal; the binary
+                // computation may land one unit in the last place away.
+                if (x - y).abs() > 1e-12 * x.abs().max(y.abs()) {
+                    out.push(format!("{path}: got {x}, want {y}"));
+                }
+            }
+            _ if a != b => out.push(format!("{path}: got {a}, want {b}")),
+            _ => {}
+        }
+    }
+    let mut diffs = Vec::new();
+    walk(got, want, String::new(), &mut diffs);
+    assert!(diffs.is_empty(), "report differs:\n{}", diffs.join("\n"));
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The worked example's run object, under another run id.
+pub fn example_run(run_id: &str) -> Value {
+    let mut want = expected("examples/small.expected.json")["runs"][0].clone();
+    want["run_id"] = Value::String(run_id.to_string());
+    want
+}
+
+/// Waits until the API reports run `id` final and returns its object
+/// without `state`.
+pub fn final_run(api: SocketAddr, id: &str) -> Value {
+    let v = wait_for(Duration::from_secs(30), || {
+        let (code, body) = http_get(api, &format!("/api/v1/runs/{id}"));
+        let v: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && v["state"] == "final").then_some(v)
+    })
+    .unwrap_or_else(|| panic!("run {id} did not become final"));
+    let mut v = v;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("state");
+    }
+    v
+}
+
+/// A free loopback port (for the real binary, which binds by address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

@@ -1,0 +1,194 @@
+//! End to end: `tpsgap serve` fed by real OpenTelemetry SDK exporters
+//! (Python gRPC + HTTP, Rust opentelemetry-otlp), read back over the JSON
+//! API, and pushing to an OTLP sink. Expected values are the worked
+//! example's hand calculation (examples/small.expected.json).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{assert_same, example_run, final_run, http_get, python, root};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tpsgap::live::LiveConfig;
+use tpsgap::serve::{self, Listeners, ServeConfig};
+use tpsgap::window::WindowConfig;
+
+struct Server {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    api: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
+}
+
+impl Server {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let res = tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task");
+        res.expect("server ran cleanly");
+    }
+}
+
+/// The worked example's settings: W = S = 5 s, finalized after 1 s idle.
+fn example_config() -> ServeConfig {
+    ServeConfig {
+        live: LiveConfig {
+            window: WindowConfig {
+                window: 5_000_000_000,
+                step: 5_000_000_000,
+                ..WindowConfig::default()
+            },
+            idle_timeout: Duration::from_secs(1),
+            ..LiveConfig::default()
+        },
+        tick: Duration::from_millis(50),
+        ..ServeConfig::default()
+    }
+}
+
+async fn start(cfg: ServeConfig) -> Server {
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+    let (g, h, a) = (bind().await, bind().await, bind().await);
+    let (grpc, http, api) = (
+        g.local_addr().expect("addr"),
+        h.local_addr().expect("addr"),
+        a.local_addr().expect("addr"),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve::run(
+        cfg,
+        Listeners {
+            grpc: g,
+            http: h,
+            api: a,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Server {
+        grpc,
+        http,
+        api,
+        stop: Some(tx),
+        task,
+    }
+}
+
+fn run_python(args: &[&str]) {
+    let out = Command::new(python())
+        .arg(root().join("tests/python/send_example.py"))
+        .args(args)
+        .output()
+        .expect("run python (scripts/test.sh installs the venv)");
+    assert!(
+        out.status.success(),
+        "python exporter failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
+    let s = start(example_config()).await;
+    let (grpc, http, api) = (s.grpc, s.http, s.api);
+    tokio::task::spawn_blocking(move || {
+        run_python(&["--protocol", "grpc", "--endpoint", &format!("http://{grpc}"), "--run-id", "py-grpc"]);
+        run_python(&["--protocol", "http", "--endpoint", &format!("http://{http}/v1/traces"), "--run-id", "py-http"]);
+        for id in ["py-grpc", "py-http"] {
+            assert_same(&final_run(api, id), &example_run(id));
+        }
+        let (code, body) = http_get(api, "/api/v1/runs");
+        assert_eq!(code, 200);
+        let list: Value = serde_json::from_str(&body).expect("json");
+        let ids: Vec<&str> = list["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .filter_map(|r| r["run_id"].as_str())
+            .collect();
+        assert_eq!(ids, vec!["py-grpc", "py-http"]);
+        assert_eq!(list["runs"][0]["state"], "final");
+        assert_eq!(list["runs"][0]["totals"]["gap_fraction"], 0.2);
+        let (code, body) = http_get(api, "/api/v1/runs/nope");
+        assert_eq!(code, 404, "{body}");
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_opentelemetry_otlp_exporter_gives_the_hand_computed_report() {
+    use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
+    use opentelemetry::KeyValue;
+    use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+
+    let s = start(example_config()).await;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(format!("http://{}", s.grpc))
+        .with_compression(opentelemetry_otlp::Compression::Gzip)
+        .build()
+        .expect("exporter");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("tpsgap-e2e-rust")
+                .build(),
+        )
+        .build();
+    let api = s.api;
+    tokio::task::spawn_blocking(move || {
+        let tracer = provider.tracer("tpsgap.e2e");
+        let t0 = 1_793_491_200u64;
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(t0 + s);
+        let ns = |s: u64| ((t0 + s) * 1_000_000_000) as i64;
+        // The example: (id, queued, admitted, first, last, released, extra, error)
+        type Req = (&'static str, [Option<u64>; 5], Vec<KeyValue>, bool);
+        let reqs: Vec<Req> = vec![
+            ("A", [Some(0), Some(0), Some(1), Some(3), Some(4)], vec![KeyValue::new("output_tokens", 30i64), KeyValue::new("cap", 1i64)], false),
+            ("B", [Some(1), Some(4), None, None, Some(6)], vec![], false),
+            ("C", [Some(2), None, None, None, Some(3)], vec![], true),
+            ("D", [Some(6), Some(8), None, None, Some(10)], vec![KeyValue::new("retry_count", 2i64)], false),
+        ];
+        let names = ["queued_at", "admitted_at", "first_token_at", "last_token_at", "released_at"];
+        for (id, times, extra, error) in reqs {
+            let mut attrs = vec![KeyValue::new("run_id", "rust-grpc"), KeyValue::new("request_id", id)];
+            for (n, t) in names.iter().zip(times) {
+                if let Some(t) = t {
+                    attrs.push(KeyValue::new(*n, ns(t)));
+                }
+            }
+            attrs.extend(extra);
+            let known: Vec<u64> = times.iter().flatten().copied().collect();
+            let start: SystemTime = at(*known.iter().min().unwrap_or(&0));
+            let end: SystemTime = at(*known.iter().max().unwrap_or(&0));
+            let mut span = tracer
+                .span_builder("llm.request")
+                .with_start_time(start)
+                .with_attributes(attrs)
+                .start(&tracer);
+            if error {
+                span.set_status(Status::error("abandoned"));
+            }
+            span.end_with_timestamp(end);
+        }
+        provider.force_flush().expect("flush");
+        provider.shutdown().expect("shutdown");
+        assert_same(&final_run(api, "rust-grpc"), &example_run("rust-grpc"));
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}
