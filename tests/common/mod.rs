@@ -61,13 +61,17 @@ pub fn assert_same(got: &Value, want: &Value) {
     assert!(diffs.is_empty(), "report differs:\n{}", diffs.join("\n"));
 }
 
-/// A plain HTTP/1.1 GET: (status, body).
+/// A plain HTTP/1.1 GET: (status, body); status 0 when the connection fails.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send");
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).expect("read");
+    let got = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+        s.read_to_end(&mut buf)
+    });
+    if let Err(e) = got {
+        return (0, e.to_string());
+    }
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
