@@ -1,8 +1,9 @@
 //! How long `tpsgap analyze` takes on a 1M-span protobuf file and a 1M-span
 //! OTLP JSON-lines file (the Collector file exporter's format).
 //!
-//! `cargo bench --bench analyze_files`; `TPSGAP_BENCH_QUICK=1` runs a small
-//! file once, only to prove the benchmark still works.
+//! `cargo bench --bench analyze_files`. Under `cargo test` (no `--bench`
+//! argument) or with `TPSGAP_BENCH_QUICK=1` it runs a small file once, only
+//! to prove the benchmark still works.
 
 use std::io::Write;
 use std::time::Instant;
@@ -27,7 +28,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let quick = std::env::var_os("TPSGAP_BENCH_QUICK").is_some();
+    let quick = std::env::var_os("TPSGAP_BENCH_QUICK").is_some()
+        || !std::env::args().any(|a| a == "--bench");
     let (spans, iters) = if quick { (10_000, 1) } else { (1_000_000, 5) };
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let exports = tpsgap::testutil::synthetic_exports(spans, 100);

@@ -4,8 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Python: the real OpenTelemetry SDK writes the end-to-end fixtures.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.common' 2>/dev/null; then
+# Debian packages: a real Prometheus server (and promtool) for the scrape tests.
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+# Python: the real OpenTelemetry SDK and its OTLP exporters.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
@@ -21,4 +30,6 @@ done
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# --all-targets also runs each benchmark once, small, to prove it still
+# works (the figures are in BENCHMARKS.md).
 cargo test --all-targets --locked

@@ -22,7 +22,9 @@ pub struct RunState {
     /// Cap observations in receive order, without duplicates.
     caps: Vec<CapObservation>,
     cap_seen: HashSet<CapObservation>,
-    /// The largest request timestamp seen (drives the live watermark).
+    /// The smallest and largest request timestamps seen (the live
+    /// watermark follows the largest).
+    pub min_stamp: Option<Nanos>,
     pub max_stamp: Option<Nanos>,
 }
 
@@ -37,7 +39,8 @@ impl RunState {
                         .insert(o.request_id.clone(), Request::from_observation(o));
                 }
             }
-            if let Some((_, hi)) = o.stamps.bounds() {
+            if let Some((lo, hi)) = o.stamps.bounds() {
+                self.min_stamp = Some(self.min_stamp.map_or(lo, |m| m.min(lo)));
                 self.max_stamp = Some(self.max_stamp.map_or(hi, |m| m.max(hi)));
             }
         }

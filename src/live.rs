@@ -182,6 +182,17 @@ pub struct RunOutput {
     pub finalized: bool,
 }
 
+impl RunOutput {
+    /// Nothing became final.
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty()
+            && self.slices.is_empty()
+            && self.requests.is_empty()
+            && self.gaps.is_empty()
+            && !self.finalized
+    }
+}
+
 /// Totals of one run for `GET /api/v1/runs`.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunSummary {
@@ -328,7 +339,9 @@ impl Engine {
                 let wm = max.saturating_sub(self.cfg.lateness);
                 if self.has_new_final(&run, wm) {
                     let (out, _) = self.advance(&id, &mut run, Some(wm));
-                    outputs.push(out);
+                    if !out.is_empty() {
+                        outputs.push(out);
+                    }
                 }
             }
         }
@@ -338,10 +351,14 @@ impl Engine {
 
     fn has_new_final(&self, run: &LiveRun, wm: Nanos) -> bool {
         let w = &self.cfg.window;
-        let (Some(nw), Some(ns)) = (run.next_window, run.next_slice) else {
-            return true;
+        let Some(min) = run.join.min_stamp else {
+            return false;
         };
-        nw * w.step + w.window <= wm || (ns + 1) * w.step <= wm
+        let window = run
+            .next_window
+            .unwrap_or_else(|| windows_overlapping(min, min + 1, w).0);
+        let slice = run.next_slice.unwrap_or_else(|| min.div_euclid(w.step));
+        window * w.step + w.window <= wm || (slice + 1) * w.step <= wm
     }
 
     /// Computes the run and takes out what is final up to watermark `wm`
@@ -393,8 +410,8 @@ impl Engine {
             self.counters
                 .windows_final
                 .fetch_add(out.windows.len() as u64, Ordering::Relaxed);
+            run.next_window = Some(to + 1);
         }
-        run.next_window = Some(run.next_window.unwrap_or(first).max(to + 1).max(first));
         let sfirst = run.next_slice.unwrap_or(p.start.div_euclid(w.step));
         for k in sfirst..=slast {
             let s = p.stats(k * w.step, (k + 1) * w.step, &Counts::default());
@@ -408,7 +425,9 @@ impl Engine {
                 active_seconds: s.effective_seconds,
             });
         }
-        run.next_slice = Some(sfirst.max(slast + 1));
+        if sfirst <= slast {
+            run.next_slice = Some(slast + 1);
+        }
         let counted_until = run
             .next_slice
             .map_or(i64::MIN, |k| k.saturating_mul(w.step));
@@ -575,3 +594,7 @@ fn window_exemplars(
         .map(|(_, s)| vec![s])
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+#[path = "live_tests.rs"]
+mod tests;

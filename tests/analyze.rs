@@ -20,7 +20,8 @@ fn tpsgap(args: &[&str], stdin: Option<&[u8]>) -> Output {
         .spawn()
         .expect("start tpsgap");
     let mut pipe = child.stdin.take().expect("stdin");
-    pipe.write_all(stdin.unwrap_or_default()).expect("write stdin");
+    pipe.write_all(stdin.unwrap_or_default())
+        .expect("write stdin");
     drop(pipe);
     child.wait_with_output().expect("tpsgap runs")
 }

@@ -47,7 +47,15 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
     let prom_addr: SocketAddr = format!("127.0.0.1:{prom_port}").parse().expect("addr");
     let _tpsgap = Proc(
         Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-            .args(["serve", "--window", "1s", "--step", "1s", "--lateness", "0s"])
+            .args([
+                "serve",
+                "--window",
+                "1s",
+                "--step",
+                "1s",
+                "--lateness",
+                "0s",
+            ])
             .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
@@ -68,7 +76,10 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
     let _prom = Proc(
         Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -95,7 +106,11 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
     // span is sent at its release, in real time.
     for k in k0..k0 + 16 {
         let release = (k + 1) * sec;
-        let wait = release - SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos() as i64;
+        let wait = release
+            - SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .expect("clock")
+                .as_nanos() as i64;
         if wait > 0 {
             tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
         }
@@ -129,13 +144,27 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
     .await
     .expect("join");
     let (gauge, ratio, stall, tps, spans) = results;
-    assert_eq!(gauge, Some(0.25), "llm_gap_fraction of the latest final window");
+    assert_eq!(
+        gauge,
+        Some(0.25),
+        "llm_gap_fraction of the latest final window"
+    );
     let ratio = ratio.expect("rate ratio");
-    assert!((ratio - 0.25).abs() < 1e-6, "rate(gap)/rate(active) = {ratio}");
+    assert!(
+        (ratio - 0.25).abs() < 1e-6,
+        "rate(gap)/rate(active) = {ratio}"
+    );
     // Of each 250 ms gap, the first 100 ms are a refill, the rest a stall.
     let stall = stall.expect("stall ratio");
     assert!((stall - 0.15).abs() < 1e-6, "stall share {stall}");
-    assert_eq!(tps, Some(100.0), "one 100-token request released per second");
-    assert!(spans.is_some_and(|s| s >= 10.0), "self-telemetry scraped: {spans:?}");
+    assert_eq!(
+        tps,
+        Some(100.0),
+        "one 100-token request released per second"
+    );
+    assert!(
+        spans.is_some_and(|s| s >= 10.0),
+        "self-telemetry scraped: {spans:?}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -102,8 +102,22 @@ async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
     let s = start(example_config()).await;
     let (grpc, http, api) = (s.grpc, s.http, s.api);
     tokio::task::spawn_blocking(move || {
-        run_python(&["--protocol", "grpc", "--endpoint", &format!("http://{grpc}"), "--run-id", "py-grpc"]);
-        run_python(&["--protocol", "http", "--endpoint", &format!("http://{http}/v1/traces"), "--run-id", "py-http"]);
+        run_python(&[
+            "--protocol",
+            "grpc",
+            "--endpoint",
+            &format!("http://{grpc}"),
+            "--run-id",
+            "py-grpc",
+        ]);
+        run_python(&[
+            "--protocol",
+            "http",
+            "--endpoint",
+            &format!("http://{http}/v1/traces"),
+            "--run-id",
+            "py-http",
+        ]);
         for id in ["py-grpc", "py-http"] {
             assert_same(&final_run(api, id), &example_run(id));
         }
@@ -157,14 +171,36 @@ async fn rust_opentelemetry_otlp_exporter_gives_the_hand_computed_report() {
         // The example: (id, queued, admitted, first, last, released, extra, error)
         type Req = (&'static str, [Option<u64>; 5], Vec<KeyValue>, bool);
         let reqs: Vec<Req> = vec![
-            ("A", [Some(0), Some(0), Some(1), Some(3), Some(4)], vec![KeyValue::new("output_tokens", 30i64), KeyValue::new("cap", 1i64)], false),
+            (
+                "A",
+                [Some(0), Some(0), Some(1), Some(3), Some(4)],
+                vec![
+                    KeyValue::new("output_tokens", 30i64),
+                    KeyValue::new("cap", 1i64),
+                ],
+                false,
+            ),
             ("B", [Some(1), Some(4), None, None, Some(6)], vec![], false),
             ("C", [Some(2), None, None, None, Some(3)], vec![], true),
-            ("D", [Some(6), Some(8), None, None, Some(10)], vec![KeyValue::new("retry_count", 2i64)], false),
+            (
+                "D",
+                [Some(6), Some(8), None, None, Some(10)],
+                vec![KeyValue::new("retry_count", 2i64)],
+                false,
+            ),
         ];
-        let names = ["queued_at", "admitted_at", "first_token_at", "last_token_at", "released_at"];
+        let names = [
+            "queued_at",
+            "admitted_at",
+            "first_token_at",
+            "last_token_at",
+            "released_at",
+        ];
         for (id, times, extra, error) in reqs {
-            let mut attrs = vec![KeyValue::new("run_id", "rust-grpc"), KeyValue::new("request_id", id)];
+            let mut attrs = vec![
+                KeyValue::new("run_id", "rust-grpc"),
+                KeyValue::new("request_id", id),
+            ];
             for (n, t) in names.iter().zip(times) {
                 if let Some(t) = t {
                     attrs.push(KeyValue::new(*n, ns(t)));

@@ -1,0 +1,270 @@
+//! The live engine with explicit time: watermarks, late spans, idle
+//! timeouts, limits, and equality with the offline report.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{Observation, Stamps, NANOS_PER_SEC};
+use crate::window::run_report;
+
+const T0: i64 = 1_800_000_000 * NANOS_PER_SEC;
+const SEC: i64 = NANOS_PER_SEC;
+
+fn obs(run: &str, id: &str, q: Option<f64>, a: Option<f64>, r: Option<f64>) -> Extracted {
+    let ns = |x: Option<f64>| x.map(|s| T0 + (s * 1e9).round() as i64);
+    Extracted::Observation(Box::new(Observation {
+        run_id: run.to_string(),
+        request_id: id.to_string(),
+        explicit_request_id: true,
+        stamps: Stamps([ns(q), ns(a), None, None, ns(r)]),
+        cap: Some(1),
+        output_tokens: Some(10),
+        ..Observation::default()
+    }))
+}
+
+fn cfg(window: i64, step: i64, lateness: i64) -> LiveConfig {
+    LiveConfig {
+        window: WindowConfig {
+            window: window * SEC,
+            step: step * SEC,
+            ..WindowConfig::default()
+        },
+        lateness: lateness * SEC,
+        ..LiveConfig::default()
+    }
+}
+
+struct Clock(Instant);
+
+impl Clock {
+    fn at(&self, secs: u64) -> Now {
+        Now {
+            mono: self.0 + Duration::from_secs(secs),
+            unix_ns: T0 + secs as i64 * SEC,
+        }
+    }
+}
+
+fn window_starts(outs: &[RunOutput]) -> Vec<i64> {
+    outs.iter()
+        .flat_map(|o| o.windows.iter().map(|w| (w.start - T0) / SEC))
+        .collect()
+}
+
+#[test]
+fn windows_become_final_as_the_watermark_passes_their_end() {
+    let e = Engine::new(cfg(10, 10, 5));
+    let c = Clock(Instant::now());
+    e.ingest(
+        vec![obs("r", "A", Some(0.0), Some(0.0), Some(3.0))],
+        c.at(0),
+    )
+    .unwrap();
+    assert!(
+        e.tick(c.at(0), false).is_empty(),
+        "watermark -2 s: nothing final"
+    );
+    e.ingest(
+        vec![obs("r", "B", Some(2.0), Some(12.0), Some(16.0))],
+        c.at(1),
+    )
+    .unwrap();
+    let outs = e.tick(c.at(1), false);
+    assert_eq!(
+        window_starts(&outs),
+        vec![0],
+        "watermark 11 s: [0,10) is final"
+    );
+    let w = &outs[0].windows[0].report.stats;
+    // B waits [2,12) with nothing in flight after A's release at 3.
+    assert_eq!(w.gap_seconds, Some(7.0));
+    assert_eq!(outs[0].slices.len(), 1);
+    assert_eq!(outs[0].requests.len(), 1, "A released at 3 is counted");
+    assert_eq!(
+        outs[0].gaps.len(),
+        0,
+        "the gap [3,12) is not closed before the watermark"
+    );
+    assert!(e.tick(c.at(2), false).is_empty(), "nothing new");
+
+    e.ingest(
+        vec![obs("r", "C", Some(20.0), Some(20.0), Some(25.0))],
+        c.at(3),
+    )
+    .unwrap();
+    let outs = e.tick(c.at(3), false);
+    assert_eq!(window_starts(&outs), vec![10]);
+    assert_eq!(outs[0].gaps.len(), 1);
+    assert_eq!(
+        (outs[0].gaps[0].start - T0, outs[0].gaps[0].end - T0),
+        (3 * SEC, 12 * SEC)
+    );
+    assert_eq!(outs[0].gaps[0].cause, Cause::Stall);
+
+    // A span whose timestamps fall in an exported window is late: counted,
+    // joined, and the window is not emitted again.
+    let late = e
+        .ingest(
+            vec![obs("r", "D", Some(5.0), Some(6.0), Some(7.0))],
+            c.at(4),
+        )
+        .unwrap();
+    assert_eq!(late.late, 1);
+    assert!(e.tick(c.at(4), false).is_empty());
+    let (view, phase) = e.run_view("r").unwrap();
+    assert_eq!(phase, RunPhase::Live);
+    assert_eq!(view.late_spans, 1);
+    assert_eq!(view.windows.len(), 2);
+    assert_eq!(view.requests.total, 4, "the late request joined");
+
+    // Idle for the timeout (60 s after the last span): finalized.
+    assert!(e.tick(c.at(63), false).is_empty(), "59 s idle: still live");
+    let outs = e.tick(c.at(64), false);
+    assert_eq!(outs.len(), 1);
+    assert!(outs[0].finalized);
+    assert_eq!(window_starts(&outs), vec![20]);
+    assert_eq!(e.live_runs(), 0);
+    let (view, phase) = e.run_view("r").unwrap();
+    assert_eq!(phase, RunPhase::Final);
+    let starts: Vec<f64> = view.windows.iter().map(|w| w.start_unix_s).collect();
+    assert_eq!(
+        starts,
+        vec![1_800_000_000.0, 1_800_000_010.0, 1_800_000_020.0]
+    );
+    assert_eq!(view.late_spans, 1);
+    assert_eq!(e.list()[0].state, RunPhase::Final);
+    assert_eq!(e.counters.late_spans.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn max_runs_refuses_whole_batches_and_applies_nothing() {
+    let e = Engine::new(LiveConfig {
+        max_runs: 1,
+        ..cfg(10, 10, 5)
+    });
+    let c = Clock(Instant::now());
+    e.ingest(
+        vec![obs("a", "1", Some(0.0), Some(1.0), Some(2.0))],
+        c.at(0),
+    )
+    .unwrap();
+    let batch = vec![
+        obs("a", "2", Some(0.0), Some(1.0), Some(2.0)),
+        obs("b", "1", Some(0.0), Some(1.0), Some(2.0)),
+    ];
+    assert_eq!(
+        e.ingest(batch, c.at(1)),
+        Err(Refusal::TooManyRuns { live: 1, max: 1 })
+    );
+    assert_eq!(e.counters.spans_refused.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        e.run_view("a").unwrap().0.requests.total,
+        1,
+        "nothing applied"
+    );
+    assert!(e.run_view("b").is_none());
+    // Known runs still flow; after the run ends the slot is free again.
+    e.ingest(
+        vec![obs("a", "3", Some(0.0), Some(1.0), Some(2.0))],
+        c.at(2),
+    )
+    .unwrap();
+    e.tick(c.at(2), true);
+    e.ingest(
+        vec![obs("b", "1", Some(0.0), Some(1.0), Some(2.0))],
+        c.at(3),
+    )
+    .unwrap();
+}
+
+#[test]
+fn finished_runs_are_bounded_by_count_and_age() {
+    let e = Engine::new(LiveConfig {
+        keep_final_runs: 2,
+        keep_final_for: Duration::from_secs(100),
+        ..cfg(10, 10, 5)
+    });
+    let c = Clock(Instant::now());
+    for (i, run) in ["a", "b", "c"].iter().enumerate() {
+        e.ingest(
+            vec![obs(run, "1", Some(0.0), Some(1.0), Some(2.0))],
+            c.at(i as u64),
+        )
+        .unwrap();
+        e.tick(c.at(i as u64), true);
+    }
+    let ids: Vec<String> = e.list().into_iter().map(|s| s.run_id).collect();
+    assert_eq!(ids, vec!["b", "c"]);
+    e.tick(c.at(101), false);
+    assert_eq!(e.list().len(), 1, "b is older than 100 s");
+    e.tick(c.at(103), false);
+    assert!(e.list().is_empty());
+}
+
+/// Requests of at most 5 s, each sent as one span at its release, in
+/// release order: with lateness 5 s no span is late, and the windows the
+/// live engine exports one by one equal the offline report's.
+fn random_run() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
+    prop::collection::vec((0u32..300, 0u32..30, 1u32..20), 1..40).prop_map(|v| {
+        v.into_iter()
+            .map(|(q, wait, flight)| {
+                let q = f64::from(q) / 10.0;
+                let a = q + f64::from(wait) / 10.0;
+                (q, a, a + f64::from(flight) / 10.0)
+            })
+            .filter(|(q, _, r)| r - q <= 5.0)
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8) {
+        prop_assume!(!reqs.is_empty());
+        let lc = cfg(step + extra, step, 5);
+        let e = Engine::new(lc.clone());
+        let c = Clock(Instant::now());
+        let mut order: Vec<usize> = (0..reqs.len()).collect();
+        order.sort_by(|&i, &j| reqs[i].2.total_cmp(&reqs[j].2));
+        let mut outs = Vec::new();
+        for (n, &i) in order.iter().enumerate() {
+            let (q, a, r) = reqs[i];
+            let got = e.ingest(vec![obs("p", &i.to_string(), Some(q), Some(a), Some(r))], c.at(n as u64)).unwrap();
+            prop_assert_eq!(got.late, 0);
+            outs.extend(e.tick(c.at(n as u64), false));
+        }
+        outs.extend(e.tick(c.at(10_000), false));
+        let live: Vec<WindowReport> = outs.iter().flat_map(|o| o.windows.iter().map(|w| w.report.clone())).collect();
+        let mut offline_reqs = Vec::new();
+        for (i, (q, a, r)) in reqs.iter().enumerate() {
+            if let Extracted::Observation(o) = obs("p", &i.to_string(), Some(*q), Some(*a), Some(*r)) {
+                offline_reqs.push(Request::from_observation(&o));
+            }
+        }
+        let refs: Vec<&Request> = offline_reqs.iter().collect();
+        let caps: Vec<crate::window::CapPoint> = refs.iter().filter_map(|r| r.get(Stamp::Admitted).map(|t| crate::window::CapPoint { t, value: 1 })).collect();
+        let offline = run_report("p", &refs, &caps, &lc.window);
+        prop_assert_eq!(live.len(), offline.windows.len());
+        for (l, o) in live.iter().zip(&offline.windows) {
+            prop_assert_eq!(l.start_unix_s, o.start_unix_s);
+            prop_assert_eq!(l.stats.requests, o.stats.requests);
+            prop_assert_eq!(l.stats.output_tokens, o.stats.output_tokens);
+            for (x, y) in [(l.stats.gap_seconds, o.stats.gap_seconds), (l.stats.mean_in_flight, o.stats.mean_in_flight), (l.stats.mean_queue_depth, o.stats.mean_queue_depth), (Some(l.stats.effective_seconds), Some(o.stats.effective_seconds))] {
+                prop_assert!((x.unwrap_or(-1.0) - y.unwrap_or(-1.0)).abs() < 1e-9, "{:?} vs {:?}", l, o);
+            }
+        }
+        // Every released request counted exactly once; slices sum to the range.
+        let counted: usize = outs.iter().map(|o| o.requests.len()).sum();
+        prop_assert_eq!(counted, reqs.len());
+        let active: f64 = outs.iter().flat_map(|o| o.slices.iter().map(|s| s.active_seconds)).sum();
+        prop_assert!((active - offline.totals.effective_seconds).abs() < 1e-9);
+        let gap: f64 = outs.iter().flat_map(|o| o.slices.iter().map(|s| s.gap_by_cause.map_or(0.0, |g| g.iter().sum()))).sum();
+        prop_assert!((gap - offline.totals.gap_seconds.unwrap_or(0.0)).abs() < 1e-9);
+        let gaps: usize = outs.iter().map(|o| o.gaps.len()).sum();
+        prop_assert_eq!(gaps, offline.gaps.len());
+    }
+}

@@ -1,0 +1,117 @@
+//! `serve` configuration: flags beat `TPSGAP_*` variables, which beat the
+//! `--config` TOML file; unknown keys are errors.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{final_run, free_port, http_get, http_post, root, wait_for};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn flags_env_and_file_in_that_order() {
+    let dir = std::env::temp_dir().join(format!("tpsgap-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let (grpc, http, file_api, env_api) = (free_port(), free_port(), free_port(), free_port());
+    let cfg = dir.join("tpsgap.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "# every key is a serve flag\napi-listen = \"127.0.0.1:{file_api}\"\nhttp_listen = \"127.0.0.1:{http}\"\nwindow = \"60s\"\nstep = \"5s\"\nrun-idle-timeout = \"1s\"\n"
+        ),
+    )
+    .expect("write");
+    let _p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .args([
+                "--grpc-listen",
+                &format!("127.0.0.1:{grpc}"),
+                "--window",
+                "10s",
+            ])
+            .env("TPSGAP_API_LISTEN", format!("127.0.0.1:{env_api}"))
+            .env("TPSGAP_STEP", "5s")
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start"),
+    );
+    let api: SocketAddr = format!("127.0.0.1:{env_api}").parse().expect("addr");
+    assert!(
+        wait_for(Duration::from_secs(20), || (http_get(api, "/healthz").0
+            == 200)
+            .then_some(()))
+        .is_some(),
+        "the environment's API address wins over the file's"
+    );
+    let other: SocketAddr = format!("127.0.0.1:{file_api}").parse().expect("addr");
+    assert_eq!(
+        http_get(other, "/healthz").0,
+        0,
+        "nothing listens on the file's address"
+    );
+    let body = std::fs::read(root().join("examples/small.jsonl")).expect("example");
+    let http_addr: SocketAddr = format!("127.0.0.1:{http}").parse().expect("addr");
+    let (code, _, _) = http_post(
+        http_addr,
+        "/v1/traces",
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(code, 200, "the file's HTTP address is used");
+    // --window 10s (flag) beats the file's 60s; step 5s; idle 1s from the file.
+    let run = final_run(api, "example");
+    let spans: Vec<(f64, f64)> = run["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .map(|w| {
+            (
+                w["start_unix_s"].as_f64().unwrap_or(0.0),
+                w["end_unix_s"].as_f64().unwrap_or(0.0),
+            )
+        })
+        .collect();
+    let t0 = 1_793_491_200.0;
+    assert_eq!(
+        spans,
+        vec![(t0 - 5.0, t0 + 5.0), (t0, t0 + 10.0), (t0 + 5.0, t0 + 15.0)]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn unknown_config_keys_and_bad_values_are_errors() {
+    let dir = std::env::temp_dir().join(format!("tpsgap-config-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "windw = \"5s\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown key \"windw\""), "{err}");
+    std::fs::write(&cfg, "window = \"soon\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "invalid value is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("soon"));
+    std::fs::remove_dir_all(&dir).ok();
+}

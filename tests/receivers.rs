@@ -1,0 +1,320 @@
+//! The OTLP receivers' answers: content types, partial success, error codes,
+//! limits, and a paused-time run of the service's watermark and idle paths.
+
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{header, http_post};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tpsgap::live::LiveConfig;
+use tpsgap::model::Stamp;
+use tpsgap::serve::{self, Listeners, ServeConfig};
+use tpsgap::testutil::{export, kv_int, kv_str, request_span};
+use tpsgap::window::WindowConfig;
+
+const T0: i64 = 1_800_000_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+struct Server {
+    grpc: SocketAddr,
+    http: SocketAddr,
+    api: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
+}
+
+async fn start(cfg: ServeConfig) -> Server {
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+    let (g, h, a) = (bind().await, bind().await, bind().await);
+    let addrs = (
+        g.local_addr().expect("addr"),
+        h.local_addr().expect("addr"),
+        a.local_addr().expect("addr"),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve::run(
+        cfg,
+        Listeners {
+            grpc: g,
+            http: h,
+            api: a,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    Server {
+        grpc: addrs.0,
+        http: addrs.1,
+        api: addrs.2,
+        stop: tx,
+        task,
+    }
+}
+
+impl Server {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let r = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("stops")
+            .expect("join");
+        r.expect("clean stop");
+    }
+}
+
+fn good_and_bad() -> ExportTraceServiceRequest {
+    let good = request_span(
+        "r",
+        "ok",
+        &[(Stamp::Queued, T0), (Stamp::Released, T0 + SEC)],
+        vec![],
+        1,
+    );
+    let bad = request_span(
+        "r",
+        "bad",
+        &[(Stamp::Queued, T0)],
+        vec![kv_str("admitted_at", "soon")],
+        2,
+    );
+    export(vec![good, bad])
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_receiver_answers_in_kind_and_maps_errors() {
+    let s = start(ServeConfig {
+        max_message: 64 * 1024,
+        ..ServeConfig::default()
+    })
+    .await;
+    let http = s.http;
+    tokio::task::spawn_blocking(move || {
+        let pb = good_and_bad().encode_to_vec();
+        let proto = [("Content-Type", "application/x-protobuf")];
+        let (code, h, body) = http_post(http, "/v1/traces", &proto, &pb);
+        assert_eq!(code, 200);
+        assert_eq!(header(&h, "content-type"), Some("application/x-protobuf"));
+        let resp = ExportTraceServiceResponse::decode(&body[..]).expect("protobuf response");
+        let ps = resp.partial_success.expect("partial success");
+        assert_eq!(ps.rejected_spans, 1);
+        assert!(
+            ps.error_message.contains("attribute `admitted_at`"),
+            "{}",
+            ps.error_message
+        );
+
+        let json = serde_json::to_vec(&good_and_bad()).expect("json");
+        let jh = [
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ];
+        let (code, h, body) = http_post(http, "/v1/traces", &jh, &gzip(&json));
+        assert_eq!(code, 200);
+        assert_eq!(header(&h, "content-type"), Some("application/json"));
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json response");
+        // proto3 JSON allows an int64 as a number or a string.
+        let n = &v["partialSuccess"]["rejectedSpans"];
+        assert!(n == 1 || n == "1", "{v}");
+
+        let clean = serde_json::to_vec(&export(vec![])).expect("json");
+        let (code, _, body) = http_post(
+            http,
+            "/v1/traces",
+            &[("Content-Type", "application/json")],
+            &clean,
+        );
+        assert_eq!((code, body), (200, b"{}".to_vec()));
+
+        // Undecodable bodies: 400 with a google.rpc.Status in kind.
+        let (code, h, body) = http_post(http, "/v1/traces", &proto, &[0x0a, 0xff, 0xff, 0x01]);
+        assert_eq!(code, 400);
+        assert_eq!(header(&h, "content-type"), Some("application/x-protobuf"));
+        assert!(!body.is_empty());
+        let (code, _, body) = http_post(
+            http,
+            "/v1/traces",
+            &[("Content-Type", "application/json")],
+            b"{\"resourceSpans\": [",
+        );
+        assert_eq!(code, 400);
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json status");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cannot decode"),
+            "{v}"
+        );
+        let (code, _, _) = http_post(http, "/v1/traces", &jh, &gzip(&json)[..20]);
+        assert_eq!(code, 400, "truncated gzip");
+        // Wrong type or encoding: 415. Too large: 413.
+        let (code, _, _) = http_post(http, "/v1/traces", &[("Content-Type", "text/plain")], b"hi");
+        assert_eq!(code, 415);
+        let (code, _, _) = http_post(
+            http,
+            "/v1/traces",
+            &[
+                ("Content-Type", "application/json"),
+                ("Content-Encoding", "br"),
+            ],
+            b"{}",
+        );
+        assert_eq!(code, 415);
+        let big = vec![b' '; 100 * 1024];
+        let (code, _, _) = http_post(
+            http,
+            "/v1/traces",
+            &[("Content-Type", "application/json")],
+            &big,
+        );
+        assert_eq!(code, 413);
+        let bomb = gzip(&vec![b' '; 1 << 20]);
+        let (code, _, _) = http_post(http, "/v1/traces", &jh, &bomb);
+        assert_eq!(code, 413, "decompressed size counts");
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_receiver_partial_success_limits_and_refusals() {
+    let s = start(ServeConfig {
+        max_message: 64 * 1024,
+        live: LiveConfig {
+            max_runs: 1,
+            ..LiveConfig::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut c = TraceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .expect("connect")
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let resp = c.export(good_and_bad()).await.expect("export").into_inner();
+    assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
+    // A second run is over --max-runs 1: retryable UNAVAILABLE.
+    let other = export(vec![request_span(
+        "other",
+        "x",
+        &[(Stamp::Queued, T0)],
+        vec![],
+        3,
+    )]);
+    let err = c.export(other).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    assert!(err.message().contains("--max-runs"), "{}", err.message());
+    // Over the message limit (uncompressed size 64 KiB): tonic answers
+    // OUT_OF_RANGE before the handler runs.
+    let mut c = TraceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .expect("connect");
+    let big = export(vec![request_span(
+        "r",
+        "big",
+        &[(Stamp::Queued, T0)],
+        vec![kv_str("pad", &"x".repeat(70_000))],
+        4,
+    )]);
+    let err = c.export(big).await.expect_err("too large");
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    s.stop().await;
+}
+
+async fn get(addr: SocketAddr, path: &str) -> serde_json::Value {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// The service's clock paths under tokio's paused time: windows close as
+/// the watermark passes, a late span is counted, idle runs are finalized.
+#[tokio::test(start_paused = true)]
+async fn watermark_late_span_and_idle_timeout_with_paused_time() {
+    let s = start(ServeConfig {
+        live: LiveConfig {
+            window: WindowConfig {
+                window: 5 * SEC,
+                step: 5 * SEC,
+                ..WindowConfig::default()
+            },
+            lateness: 2 * SEC,
+            idle_timeout: Duration::from_secs(60),
+            ..LiveConfig::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut c = TraceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .expect("connect");
+    let span = |id: &str, q: i64, a: i64, r: i64, n: u64| {
+        request_span(
+            "p",
+            id,
+            &[
+                (Stamp::Queued, T0 + q * SEC),
+                (Stamp::Admitted, T0 + a * SEC),
+                (Stamp::Released, T0 + r * SEC),
+            ],
+            vec![kv_int("cap", 1)],
+            n,
+        )
+    };
+    c.export(export(vec![
+        span("A", 0, 0, 4, 1),
+        span("B", 1, 4, 6, 2),
+        span("D", 6, 8, 10, 3),
+    ]))
+    .await
+    .expect("export");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // max 10 s − lateness 2 s = 8 s: [0,5) is final, [5,10) is not.
+    let v = get(s.api, "/api/v1/runs/p").await;
+    assert_eq!(v["state"], "live");
+    assert_eq!(v["windows"].as_array().map(Vec::len), Some(1));
+    assert_eq!(v["windows"][0]["gap_seconds"], 0.0);
+    // A span for the exported window [0,5) is late.
+    c.export(export(vec![span("C", 2, 3, 3, 4)]))
+        .await
+        .expect("export");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let v = get(s.api, "/api/v1/runs/p").await;
+    assert_eq!(v["late_spans"], 1);
+    assert_eq!(v["state"], "live", "30 s idle");
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let v = get(s.api, "/api/v1/runs/p").await;
+    assert_eq!(v["state"], "final", "61 s idle");
+    let gaps: Vec<f64> = v["windows"]
+        .as_array()
+        .expect("windows")
+        .iter()
+        .filter_map(|w| w["gap_seconds"].as_f64())
+        .collect();
+    assert_eq!(gaps, vec![0.0, 2.0]);
+    assert_eq!(v["gaps"][0]["cause"], "stall");
+    s.stop().await;
+}
