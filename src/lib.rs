@@ -15,6 +15,7 @@
 //! - [`ingest`]: OTLP/gRPC and OTLP/HTTP receivers around one `handle()`.
 //! - [`export`]: OTLP metrics and gap spans, Prometheus, the JSON API.
 //! - [`serve`]: wires them into `tpsgap serve` with staged shutdown.
+//! - [`sim`]: the discrete-event pipeline simulator behind `simulate` and `demo`.
 //! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
 //! - [`testutil`]: builders shared by tests, benchmarks and the simulator.
 //! - [`config`]: command-line arguments → validated configuration.
@@ -34,5 +35,6 @@ pub mod live;
 pub mod model;
 pub mod report;
 pub mod serve;
+pub mod sim;
 pub mod testutil;
 pub mod window;

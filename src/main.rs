@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use tpsgap::cli::analyze::{self, AnalyzeArgs};
+use tpsgap::cli::simulate::{self, SimulateArgs};
 use tpsgap::config::{config_path, read_config_file, ServeArgs};
 use tpsgap::serve::{self, Listeners, ServeConfig};
 
@@ -25,6 +26,8 @@ enum Command {
     Analyze(AnalyzeArgs),
     /// Receive spans over OTLP and export live metrics.
     Serve(ServeArgs),
+    /// Simulate an LLM serving run with injected idle gaps and send its spans.
+    Simulate(SimulateArgs),
 }
 
 /// Applies the `--config` TOML file as environment defaults: command-line
@@ -100,6 +103,10 @@ async fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
 fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -120,10 +127,11 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(code))
         }
         Command::Serve(args) => {
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(serve_main(args))?;
+            runtime()?.block_on(serve_main(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate(args) => {
+            runtime()?.block_on(simulate::run(&args))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,4 +1,5 @@
 //! The subcommands.
 
 pub mod analyze;
+pub mod simulate;
 pub mod table;
