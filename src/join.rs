@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use crate::extract::Extracted;
 use crate::model::{CapObservation, Nanos, Observation, Request, Stamp};
 use crate::report::{Report, RunReport};
-use crate::window::{run_report, CapPoint, WindowConfig};
+use crate::window::{compute_run, CapPoint, Profile, TimelinePoint, WindowConfig};
 
 /// The joined state of one run.
 #[derive(Clone, Debug, Default)]
@@ -71,12 +71,21 @@ impl RunState {
             .collect()
     }
 
+    /// The requests in a stable order (so float sums are reproducible).
+    pub fn sorted_requests(&self) -> Vec<&Request> {
+        let mut reqs: Vec<&Request> = self.requests.values().collect();
+        reqs.sort_by_key(|r| (r.stamps.0, r.span));
+        reqs
+    }
+
     /// The run's report over everything joined so far.
     pub fn report(&self, run_id: &str, cfg: &WindowConfig) -> RunReport {
-        let mut reqs: Vec<&Request> = self.requests.values().collect();
-        // A stable order makes float sums reproducible across runs.
-        reqs.sort_by_key(|r| (r.stamps.0, r.span));
-        run_report(run_id, &reqs, &self.cap_points(), cfg)
+        self.compute(run_id, cfg).0
+    }
+
+    /// The report and the profile it was computed from.
+    pub fn compute(&self, run_id: &str, cfg: &WindowConfig) -> (RunReport, Option<Profile>) {
+        compute_run(run_id, &self.sorted_requests(), &self.cap_points(), cfg)
     }
 }
 
@@ -114,6 +123,25 @@ impl Store {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Every run's report with a timeline of `columns` points, sorted by
+    /// `run_id` (for the HTML report).
+    pub fn pages(
+        &self,
+        cfg: &WindowConfig,
+        columns: usize,
+    ) -> Vec<(RunReport, Vec<TimelinePoint>)> {
+        let mut ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
+        ids.sort();
+        ids.iter()
+            .filter_map(|id| {
+                let run = self.runs.get(id)?;
+                let (rep, profile) = run.compute(id, cfg);
+                let tl = profile.map(|p| p.timeline(columns)).unwrap_or_default();
+                Some((rep, tl))
+            })
+            .collect()
     }
 
     /// The SPEC §4 report of every run, sorted by `run_id`.

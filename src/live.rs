@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::Serialize;
 
+use crate::export::web::TIMELINE_COLUMNS;
 use crate::extract::{Extracted, Rejection};
 use crate::join::RunState;
 use crate::model::{duration_secs, Cause, Nanos, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
     compute_run, in_flight_interval, queued_interval, window_reports, windows_overlapping, Counts,
-    Derived, GapInterval, WindowConfig,
+    Derived, GapInterval, TimelinePoint, WindowConfig,
 };
 
 /// The moment of a call: a monotonic instant for timeouts and the Unix time
@@ -114,6 +115,7 @@ struct LiveRun {
 /// A finished run kept for the API.
 struct FinalRun {
     report: RunReport,
+    timeline: Vec<TimelinePoint>,
     at: Instant,
 }
 
@@ -326,11 +328,11 @@ impl Engine {
                 let Some((_, mut run)) = self.runs.remove(&id) else {
                     continue;
                 };
-                let (out, mut report) = self.advance(&id, &mut run, None);
+                let (out, mut report, timeline) = self.advance(&id, &mut run, None);
                 report.windows = std::mem::take(&mut run.windows);
                 report.late_spans = run.late_spans;
                 self.counters.runs_finalized.fetch_add(1, Ordering::Relaxed);
-                self.remember(id, report, now.mono);
+                self.remember(id, report, timeline, now.mono);
                 outputs.push(out);
             } else if let Some(mut run) = self.runs.get_mut(&id) {
                 let Some(max) = run.join.max_stamp else {
@@ -338,7 +340,7 @@ impl Engine {
                 };
                 let wm = max.saturating_sub(self.cfg.lateness);
                 if self.has_new_final(&run, wm) {
-                    let (out, _) = self.advance(&id, &mut run, Some(wm));
+                    let (out, ..) = self.advance(&id, &mut run, Some(wm));
                     if !out.is_empty() {
                         outputs.push(out);
                     }
@@ -363,10 +365,14 @@ impl Engine {
 
     /// Computes the run and takes out what is final up to watermark `wm`
     /// (everything when `wm` is `None`).
-    fn advance(&self, id: &str, run: &mut LiveRun, wm: Option<Nanos>) -> (RunOutput, RunReport) {
+    fn advance(
+        &self,
+        id: &str,
+        run: &mut LiveRun,
+        wm: Option<Nanos>,
+    ) -> (RunOutput, RunReport, Vec<TimelinePoint>) {
         let w = self.cfg.window;
-        let mut reqs: Vec<&Request> = run.join.requests.values().collect();
-        reqs.sort_by_key(|r| (r.stamps.0, r.span));
+        let reqs = run.join.sorted_requests();
         let (report, profile) = compute_run(id, &reqs, &run.join.cap_points(), &w);
         let mut out = RunOutput {
             run_id: id.to_string(),
@@ -378,7 +384,7 @@ impl Engine {
             finalized: wm.is_none(),
         };
         let Some(p) = profile else {
-            return (out, report);
+            return (out, report, Vec::new());
         };
         let (first, last) = windows_overlapping(p.start, p.end, &w);
         let (wlast, slast, cut) = match wm {
@@ -458,15 +464,27 @@ impl Engine {
         }
         out.requests
             .sort_by(|a, b| a.released.cmp(&b.released).then(a.span.cmp(&b.span)));
-        (out, report)
+        let timeline = if wm.is_none() {
+            p.timeline(TIMELINE_COLUMNS)
+        } else {
+            Vec::new()
+        };
+        (out, report, timeline)
     }
 
-    fn remember(&self, id: String, report: RunReport, at: Instant) {
+    fn remember(&self, id: String, report: RunReport, timeline: Vec<TimelinePoint>, at: Instant) {
         let Ok(mut finals) = self.finals.lock() else {
             return;
         };
         finals.retain(|(i, _)| *i != id);
-        finals.push_back((id, FinalRun { report, at }));
+        finals.push_back((
+            id,
+            FinalRun {
+                report,
+                timeline,
+                at,
+            },
+        ));
         while finals.len() > self.cfg.keep_final_runs {
             finals.pop_front();
         }
@@ -486,12 +504,32 @@ impl Engine {
             rep.late_spans = run.late_spans;
             return Some((rep, RunPhase::Live));
         }
+        self.final_run(id, |f| (f.report.clone(), RunPhase::Final))
+    }
+
+    /// [`Engine::run_view`] plus a timeline of the run, for the web page.
+    pub fn run_page(&self, id: &str) -> Option<(RunReport, RunPhase, Vec<TimelinePoint>)> {
+        if let Some(run) = self.runs.get(id) {
+            let (mut rep, profile) = run.join.compute(id, &self.cfg.window);
+            rep.windows = run.windows.clone();
+            rep.late_spans = run.late_spans;
+            let tl = profile
+                .map(|p| p.timeline(TIMELINE_COLUMNS))
+                .unwrap_or_default();
+            return Some((rep, RunPhase::Live, tl));
+        }
+        self.final_run(id, |f| {
+            (f.report.clone(), RunPhase::Final, f.timeline.clone())
+        })
+    }
+
+    fn final_run<T>(&self, id: &str, f: impl FnOnce(&FinalRun) -> T) -> Option<T> {
         let finals = self.finals.lock().ok()?;
         finals
             .iter()
             .rev()
             .find(|(i, _)| i == id)
-            .map(|(_, f)| (f.report.clone(), RunPhase::Final))
+            .map(|(_, r)| f(r))
     }
 
     /// Every live and kept run with its totals, sorted by `run_id`.

@@ -140,7 +140,11 @@ impl Default for SimConfig {
             ttft: Dist::Uniform(0.05, 0.2),
             failure_rate: 0.0,
             retry_rate: 0.0,
-            retry_causes: vec!["timeout".into(), "rate_limited".into(), "connection_reset".into()],
+            retry_causes: vec![
+                "timeout".into(),
+                "rate_limited".into(),
+                "connection_reset".into(),
+            ],
             stalls: Vec::new(),
             handoff: 0,
             seed: 1,
@@ -325,7 +329,11 @@ pub fn simulate(cfg: &SimConfig) -> SimRun {
         }
     }
     let first = requests.iter().map(|r| r.queued).min().unwrap_or(cfg.start);
-    let last = requests.iter().map(|r| r.released).max().unwrap_or(cfg.start);
+    let last = requests
+        .iter()
+        .map(|r| r.released)
+        .max()
+        .unwrap_or(cfg.start);
     let mut gaps: Vec<TruthGap> = Vec::new();
     let mut by = [0i64; 3];
     for (k, &(t, state)) in truth.iter().enumerate() {
@@ -371,7 +379,10 @@ pub fn spans(run: &SimRun, cfg: &SimConfig, mode: SpanMode) -> Vec<TimedSpan> {
     let mut out = Vec::new();
     for (n, r) in run.requests.iter().enumerate() {
         let seq = (n as u64) * 2;
-        let mut common = vec![kv_int("cap", i64::from(cfg.cap)), kv_str("gen_ai.request.model", "sim-model")];
+        let mut common = vec![
+            kv_int("cap", i64::from(cfg.cap)),
+            kv_str("gen_ai.request.model", "sim-model"),
+        ];
         if r.retries > 0 {
             common.push(kv_int("retry_count", r.retries as i64));
             if let Some(c) = &r.retry_cause {
@@ -493,19 +504,28 @@ mod tests {
             ..base()
         });
         let t = &stall.truth.gap_seconds_by_cause;
-        assert!(t.stall > 2.5 && t.refill == 0.0 && t.under_cap == 0.0, "{t:?}");
+        assert!(
+            t.stall > 2.5 && t.refill == 0.0 && t.under_cap == 0.0,
+            "{t:?}"
+        );
         let refill = simulate(&SimConfig {
             handoff: 50_000_000,
             ..base()
         });
         let t = &refill.truth.gap_seconds_by_cause;
-        assert!(t.refill > 1.0 && t.stall == 0.0 && t.under_cap == 0.0, "{t:?}");
+        assert!(
+            t.refill > 1.0 && t.stall == 0.0 && t.under_cap == 0.0,
+            "{t:?}"
+        );
         let under = simulate(&SimConfig {
             client_limit: Some(2),
             ..base()
         });
         let t = &under.truth.gap_seconds_by_cause;
-        assert!(t.under_cap > 10.0 && t.stall == 0.0 && t.refill == 0.0, "{t:?}");
+        assert!(
+            t.under_cap > 10.0 && t.stall == 0.0 && t.refill == 0.0,
+            "{t:?}"
+        );
     }
 
     #[test]
@@ -519,7 +539,10 @@ mod tests {
         let b = simulate(&cfg);
         assert_eq!(a.requests, b.requests);
         assert!(a.requests.iter().any(|r| r.failed));
-        assert!(a.requests.iter().any(|r| r.retries > 0 && r.retry_cause.is_some()));
+        assert!(a
+            .requests
+            .iter()
+            .any(|r| r.retries > 0 && r.retry_cause.is_some()));
         let two = spans(&a, &cfg, SpanMode::Two);
         assert_eq!(two.len(), a.requests.len() * 2);
         assert!(two.windows(2).all(|w| w[0].send_at <= w[1].send_at));

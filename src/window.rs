@@ -381,6 +381,45 @@ impl Profile {
     }
 }
 
+/// One column of a run's timeline: time averages over `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct TimelinePoint {
+    pub start: Nanos,
+    pub end: Nanos,
+    pub in_flight: f64,
+    pub queue_depth: f64,
+    pub cap: Option<u32>,
+}
+
+impl Profile {
+    /// The active range cut into `columns` equal pieces (for drawing): mean
+    /// in-flight and queue depth of each, and the cap at its middle.
+    pub fn timeline(&self, columns: usize) -> Vec<TimelinePoint> {
+        let span = self.end - self.start;
+        if span <= 0 || columns == 0 {
+            return Vec::new();
+        }
+        let n = columns as i64;
+        (0..n)
+            .map(|i| {
+                let a = self.start + span * i / n;
+                let b = self.start + span * (i + 1) / n;
+                let s = self.stats(a, b, &Counts::default());
+                let mid = a + (b - a) / 2;
+                let k = self.segments.partition_point(|x| x.start <= mid);
+                TimelinePoint {
+                    start: a,
+                    end: b,
+                    in_flight: s.mean_in_flight.unwrap_or(0.0),
+                    queue_depth: s.mean_queue_depth.unwrap_or(0.0),
+                    cap: self.segments.get(k.saturating_sub(1)).and_then(|x| x.cap),
+                }
+            })
+            .filter(|p| p.end > p.start)
+            .collect()
+    }
+}
+
 /// A maximal interval of the gap set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GapInterval {

@@ -19,6 +19,8 @@ pub enum OutputFormat {
     Json,
     /// A readable terminal table of runs, windows and gaps.
     Table,
+    /// One self-contained HTML page with each run's timeline.
+    Html,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -48,6 +50,15 @@ pub struct Analysis {
 /// Reads every input into one store and computes the report. Problems are
 /// collected, never fatal.
 pub fn analyze(files: &[String], format: InputFormat, cfg: &WindowConfig) -> Analysis {
+    let (store, problems) = load(files, format);
+    Analysis {
+        report: store.report(cfg),
+        problems,
+    }
+}
+
+/// Reads every input into one join store; returns it with the problems met.
+pub fn load(files: &[String], format: InputFormat) -> (Store, Vec<String>) {
     let extractor = Extractor::default();
     let store = Store::new();
     let mut problems = Vec::new();
@@ -75,10 +86,7 @@ pub fn analyze(files: &[String], format: InputFormat, cfg: &WindowConfig) -> Ana
         }
         problems.append(&mut errors);
     }
-    Analysis {
-        report: store.report(cfg),
-        problems,
-    }
+    (store, problems)
 }
 
 /// Runs `analyze`: prints the report to `out`, problems to `err`.
@@ -88,16 +96,21 @@ pub fn analyze(files: &[String], format: InputFormat, cfg: &WindowConfig) -> Ana
 /// When writing the output fails.
 pub fn run(args: &AnalyzeArgs, out: &mut impl Write, err: &mut impl Write) -> io::Result<u8> {
     let cfg = WindowConfig::from(&args.window);
-    let a = analyze(&args.files, args.input_format, &cfg);
-    for p in &a.problems {
+    let (store, problems) = load(&args.files, args.input_format);
+    for p in &problems {
         writeln!(err, "{p}")?;
     }
     match args.format {
         OutputFormat::Json => {
-            serde_json::to_writer_pretty(&mut *out, &a.report).map_err(io::Error::other)?;
+            serde_json::to_writer_pretty(&mut *out, &store.report(&cfg))
+                .map_err(io::Error::other)?;
             writeln!(out)?;
         }
-        OutputFormat::Table => crate::cli::table::write(out, &a.report)?,
+        OutputFormat::Table => crate::cli::table::write(out, &store.report(&cfg))?,
+        OutputFormat::Html => {
+            let pages = store.pages(&cfg, crate::export::web::TIMELINE_COLUMNS);
+            out.write_all(crate::export::web::report_page(&pages).as_bytes())?;
+        }
     }
-    Ok(u8::from(!a.problems.is_empty()))
+    Ok(u8::from(!problems.is_empty()))
 }

@@ -87,7 +87,11 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
     pub retry_rate: f64,
     /// Retry causes, comma-separated.
-    #[arg(long, default_value = "timeout,rate_limited,connection_reset", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "timeout,rate_limited,connection_reset",
+        value_delimiter = ','
+    )]
     pub retry_causes: Vec<String>,
     /// Inject a stall: an admission pause OFFSET:LENGTH after the start
     /// (repeatable), e.g. `--stall 20s:3s`.
@@ -201,8 +205,18 @@ impl Sender {
         loop {
             let retry = match self {
                 Sender::Grpc(c) => match c.export(req.clone()).await {
-                    Ok(r) => return Ok(r.into_inner().partial_success.map_or(0, |p| p.rejected_spans)),
-                    Err(s) if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::ResourceExhausted) => {
+                    Ok(r) => {
+                        return Ok(r
+                            .into_inner()
+                            .partial_success
+                            .map_or(0, |p| p.rejected_spans))
+                    }
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
                         s.to_string()
                     }
                     Err(s) => return Err(s.to_string()),
@@ -265,7 +279,9 @@ pub async fn send_spans(
             let mut i = 0;
             while i < spans.len() {
                 let due = spans[i].send_at;
-                let wait = Duration::from_nanos(((due - sim_start).max(0) as f64 / speed.max(1e-6)) as u64);
+                let wait = Duration::from_nanos(
+                    ((due - sim_start).max(0) as f64 / speed.max(1e-6)) as u64,
+                );
                 tokio::time::sleep_until(wall0 + wait).await;
                 let mut j = i;
                 while j < spans.len() && spans[j].send_at <= due && j - i < batch {
@@ -342,8 +358,10 @@ pub async fn run(args: &SimulateArgs) -> Result<(), SimulateError> {
         Sender::new(args.protocol, args.endpoint.as_deref()).map_err(SimulateError::Send)?;
     let bar = indicatif::ProgressBar::new(spans.len() as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} spans {elapsed_precise} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} spans {elapsed_precise} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let realtime = args.realtime.then_some((cfg.start, args.speed));
     let (sent, rejected) = send_spans(&mut sender, &spans, realtime, args.batch, &bar)

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
 use super::prom::PromMetrics;
+use super::web;
 use crate::live::{Engine, RunPhase, RunSummary};
 use crate::report::RunReport;
 
@@ -41,6 +42,8 @@ struct ApiError {
 /// The API router.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(index))
+        .route("/runs/{run_id}", get(run_page))
         .route("/metrics", get(metrics))
         .route("/api/v1/runs", get(runs))
         .route("/api/v1/runs/{run_id}", get(run))
@@ -74,6 +77,21 @@ async fn run(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
             Json(ApiError {
                 error: format!("no run {id:?}"),
             }),
+        )
+            .into_response(),
+    }
+}
+
+async fn index(State(s): State<ApiState>) -> Html<String> {
+    Html(web::index(&s.engine.list()))
+}
+
+async fn run_page(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match s.engine.run_page(&id) {
+        Some((report, state, timeline)) => Html(web::run_page(&report, Some(state), &timeline)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Html(format!("<!DOCTYPE html><title>not found</title><p>No run {}. <a href=\"/\">All runs</a></p>", web::esc(&id))),
         )
             .into_response(),
     }

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod otlp;
 pub mod prom;
+pub mod web;
 
 use crate::live::{DoneRequest, FinalWindow};
 
