@@ -164,7 +164,7 @@ impl SimulateArgs {
 pub enum Sender {
     Grpc(TraceServiceClient<Channel>),
     Http {
-        client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+        client: Box<Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>>,
         uri: hyper::Uri,
     },
 }
@@ -187,7 +187,7 @@ impl Sender {
                 let ep = endpoint.unwrap_or("http://127.0.0.1:4318/v1/traces");
                 let uri: hyper::Uri = ep.parse().map_err(|e| format!("{ep:?}: {e}"))?;
                 Ok(Sender::Http {
-                    client: Client::builder(TokioExecutor::new()).build_http(),
+                    client: Box::new(Client::builder(TokioExecutor::new()).build_http()),
                     uri,
                 })
             }
