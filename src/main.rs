@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use tpsgap::cli::analyze::{self, AnalyzeArgs};
+use tpsgap::cli::demo::{self, DemoArgs};
 use tpsgap::cli::simulate::{self, SimulateArgs};
 use tpsgap::config::{config_path, read_config_file, ServeArgs};
 use tpsgap::serve::{self, Listeners, ServeConfig};
@@ -28,6 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Simulate an LLM serving run with injected idle gaps and send its spans.
     Simulate(SimulateArgs),
+    /// See it work: the service, a simulated run with a stall, live windows.
+    Demo(DemoArgs),
 }
 
 /// Applies the `--config` TOML file as environment defaults: command-line
@@ -130,6 +133,10 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Serve(args) => {
             runtime()?.block_on(serve_main(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            runtime()?.block_on(demo::run(&args, &mut std::io::stdout()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => {

@@ -1,5 +1,6 @@
 //! The subcommands.
 
 pub mod analyze;
+pub mod demo;
 pub mod simulate;
 pub mod table;
