@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: a real Prometheus server (and promtool) for the scrape tests.
+# Debian packages: a real Prometheus server (and promtool) for the scrape
+# tests, headless Chromium for the web page tests.
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

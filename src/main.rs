@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use tpsgap::cli::analyze::{self, AnalyzeArgs};
+use tpsgap::cli::compare::{self, CompareArgs};
 use tpsgap::cli::demo::{self, DemoArgs};
 use tpsgap::cli::simulate::{self, SimulateArgs};
 use tpsgap::config::{config_path, read_config_file, ServeArgs};
@@ -31,6 +32,8 @@ enum Command {
     Simulate(SimulateArgs),
     /// See it work: the service, a simulated run with a stall, live windows.
     Demo(DemoArgs),
+    /// Gate a rollout: did BEFORE → AFTER raise TPS without idling, failing or retrying more?
+    Compare(CompareArgs),
 }
 
 /// Applies the `--config` TOML file as environment defaults: command-line
@@ -134,6 +137,10 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             runtime()?.block_on(serve_main(args))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Compare(args) => {
+            let code = compare::run(&args, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::from(code))
         }
         Command::Demo(args) => {
             runtime()?.block_on(demo::run(&args, &mut std::io::stdout()))?;

@@ -106,6 +106,8 @@ pub struct SimConfig {
     pub client_limit: Option<u32>,
     /// Requests per second.
     pub arrival_rate: f64,
+    /// Requests already waiting at the start (a backlog from the outset).
+    pub initial_queue: u32,
     pub output_tokens: Dist,
     pub input_tokens: Dist,
     /// Seconds per output token after the first.
@@ -134,6 +136,7 @@ impl Default for SimConfig {
             cap: 8,
             client_limit: None,
             arrival_rate: 8.0,
+            initial_queue: 0,
             output_tokens: Dist::Uniform(50.0, 400.0),
             input_tokens: Dist::Uniform(200.0, 800.0),
             per_token: Dist::Uniform(0.002, 0.004),
@@ -218,7 +221,7 @@ pub fn simulate(cfg: &SimConfig) -> SimRun {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let secs = |s: f64| (s * 1e9).round() as Nanos;
     // Arrivals.
-    let mut arrivals = Vec::new();
+    let mut arrivals: Vec<Nanos> = (0..cfg.initial_queue).map(|_| cfg.start).collect();
     let mut t = cfg.start;
     if cfg.arrival_rate > 0.0 {
         loop {

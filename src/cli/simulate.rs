@@ -66,6 +66,9 @@ pub struct SimulateArgs {
     /// Requests per second (Poisson arrivals).
     #[arg(long, default_value_t = 8.0)]
     pub rate: f64,
+    /// Requests already waiting at the start.
+    #[arg(long, default_value_t = 0)]
+    pub initial_queue: u32,
     /// Arrivals happen during this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -142,6 +145,7 @@ impl SimulateArgs {
             cap: self.cap,
             client_limit: self.client_limit,
             arrival_rate: self.rate.max(0.0),
+            initial_queue: self.initial_queue,
             output_tokens: self.output_tokens.clone(),
             input_tokens: self.input_tokens.clone(),
             per_token: self.per_token.clone(),
