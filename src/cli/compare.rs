@@ -132,7 +132,7 @@ pub fn judge(b: &Figures, a: &Figures, tolerance: f64) -> Vec<Check> {
             true,
             format!("backlog removed (was {:.1}% idle)", x * 100.0),
         ),
-        (Some(x), Some(y)) if x == 0.0 => (y == 0.0, "no idle time before".to_string()),
+        (Some(0.0), Some(y)) => (y == 0.0, "no idle time before".to_string()),
         (Some(x), Some(y)) => (
             y < x,
             format!(
