@@ -224,11 +224,7 @@ pub fn run(args: &CompareArgs, out: &mut impl Write) -> Result<u8, CompareError>
         figs.push(Figures::of(&runs));
     }
     let checks = judge(&figs[0], &figs[1], args.tolerance);
-    writeln!(
-        out,
-        "{:<36} {:>10} {:>10}  {}",
-        "criterion", "before", "after", ""
-    )?;
+    writeln!(out, "{:<36} {:>10} {:>10}", "criterion", "before", "after")?;
     for c in &checks {
         writeln!(
             out,
