@@ -202,3 +202,25 @@ fn python_sdk_fixtures_match_hand_computed_reports() {
         "expected at least 4 fixtures in both forms, checked {checked}"
     );
 }
+
+#[test]
+fn refill_threshold_flag_and_env_reclassify_the_gap() {
+    let causes = |out: &Output| {
+        let v = json(out);
+        let c = &v["runs"][0]["totals"]["gap_seconds_by_cause"];
+        (c["stall"].as_f64(), c["refill"].as_f64(), v["runs"][0]["gaps"][0]["cause"].clone())
+    };
+    // The example's slot is free [6, 8): under a 5 s threshold all of it is refill.
+    let out = tpsgap(
+        &["analyze", "examples/small.jsonl", "--window", "5s", "--step", "5s", "--refill-threshold", "5s"],
+        None,
+    );
+    assert_eq!(causes(&out), (Some(0.0), Some(2.0), Value::from("refill")));
+    let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+        .args(["analyze", "examples/small.jsonl"])
+        .env("TPSGAP_REFILL_THRESHOLD", "1500ms")
+        .current_dir(root())
+        .output()
+        .expect("run");
+    assert_eq!(causes(&out), (Some(0.5), Some(1.5), Value::from("refill")));
+}
