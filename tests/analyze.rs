@@ -208,11 +208,24 @@ fn refill_threshold_flag_and_env_reclassify_the_gap() {
     let causes = |out: &Output| {
         let v = json(out);
         let c = &v["runs"][0]["totals"]["gap_seconds_by_cause"];
-        (c["stall"].as_f64(), c["refill"].as_f64(), v["runs"][0]["gaps"][0]["cause"].clone())
+        (
+            c["stall"].as_f64(),
+            c["refill"].as_f64(),
+            v["runs"][0]["gaps"][0]["cause"].clone(),
+        )
     };
     // The example's slot is free [6, 8): under a 5 s threshold all of it is refill.
     let out = tpsgap(
-        &["analyze", "examples/small.jsonl", "--window", "5s", "--step", "5s", "--refill-threshold", "5s"],
+        &[
+            "analyze",
+            "examples/small.jsonl",
+            "--window",
+            "5s",
+            "--step",
+            "5s",
+            "--refill-threshold",
+            "5s",
+        ],
         None,
     );
     assert_eq!(causes(&out), (Some(0.0), Some(2.0), Value::from("refill")));
