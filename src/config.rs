@@ -78,6 +78,9 @@ pub struct ServeArgs {
     pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub window: WindowArgs,
+    /// Read spans of existing instrumentation (vLLM, GenAI conventions).
+    #[arg(long, value_enum, env = "TPSGAP_PRESET")]
+    pub preset: Option<crate::extract::Preset>,
     /// Allowed lateness L: a window is final once the largest timestamp seen
     /// in its run is L past its end.
     #[arg(long, env = "TPSGAP_LATENESS", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -116,6 +119,7 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
                 keep_final_for: a.keep_final_for,
             },
             otlp_endpoint: a.otlp_endpoint.clone(),
+            preset: a.preset,
             max_message: a.max_message_bytes,
             export_buffer: a.export_buffer,
             ..crate::serve::ServeConfig::default()

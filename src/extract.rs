@@ -67,6 +67,128 @@ impl Default for AttributeNames {
     }
 }
 
+/// Readers for instrumentation that already exists, so users need not add
+/// custom attributes. See the README for how each timestamp is derived.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// vLLM's `llm_request` spans: start = arrival, plus
+    /// `gen_ai.latency.time_in_queue`, `.time_to_first_token`, `.e2e`.
+    Vllm,
+    /// OpenTelemetry GenAI semantic-convention spans: start/end, a
+    /// first-token event or `gen_ai.response.time_to_first_chunk`.
+    Genai,
+}
+
+impl Preset {
+    /// The attribute names of the preset: the defaults plus its request id.
+    pub fn names(self) -> AttributeNames {
+        let mut n = AttributeNames::default();
+        n.request.push(match self {
+            Preset::Vllm => "gen_ai.request.id".to_string(),
+            Preset::Genai => "gen_ai.response.id".to_string(),
+        });
+        n
+    }
+}
+
+fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attrs
+        .iter()
+        .find(|k| k.key == key)
+        .and_then(|k| k.value.as_ref())
+}
+
+/// A duration in seconds (a double, an integer or a numeric string).
+fn parse_seconds(v: &AnyValue) -> Result<Nanos, String> {
+    let secs = match &v.value {
+        Some(Value::DoubleValue(d)) => *d,
+        Some(Value::IntValue(i)) => *i as f64,
+        Some(Value::StringValue(s)) => s
+            .trim()
+            .parse::<f64>()
+            .map_err(|_| format!("cannot parse {s:?} as seconds"))?,
+        other => return Err(format!("expected seconds, got {}", describe(other))),
+    };
+    if !secs.is_finite() || !(0.0..1e9).contains(&secs) {
+        return Err(format!("{secs} is not a duration in seconds"));
+    }
+    Ok((secs * 1e9).round() as Nanos)
+}
+
+/// Fills the timestamps a preset derives from span times and latencies;
+/// attributes and events given explicitly win.
+fn derive_stamps(p: Preset, span: &Span, o: &mut Observation) -> Result<(), (String, String)> {
+    let (start, end) = (
+        clamp_u64(span.start_time_unix_nano),
+        clamp_u64(span.end_time_unix_nano),
+    );
+    if start <= 0 {
+        return Ok(());
+    }
+    let mut set = |s: Stamp, t: Nanos| {
+        if o.stamps.get(s).is_none() {
+            o.stamps.set(s, t);
+        }
+    };
+    let secs = |key: &str| -> Result<Option<Nanos>, (String, String)> {
+        attr(&span.attributes, key)
+            .map(|v| parse_seconds(v).map_err(|e| (key.to_string(), e)))
+            .transpose()
+    };
+    match p {
+        Preset::Vllm => {
+            let queue = secs("gen_ai.latency.time_in_queue")?;
+            let ttft = secs("gen_ai.latency.time_to_first_token")?;
+            let e2e = secs("gen_ai.latency.e2e")?;
+            if queue.is_none() && ttft.is_none() && e2e.is_none() && span.name != "llm_request" {
+                return Ok(());
+            }
+            set(Stamp::Queued, start);
+            if let Some(q) = queue {
+                set(Stamp::Admitted, start + q);
+            }
+            if let Some(t) = ttft {
+                set(Stamp::FirstToken, start + t);
+            }
+            let released = e2e.map_or(end, |e| start + e);
+            if released > 0 {
+                set(Stamp::Released, released);
+                set(Stamp::LastToken, released);
+            }
+        }
+        Preset::Genai => {
+            let genai = [
+                "gen_ai.operation.name",
+                "gen_ai.request.model",
+                "gen_ai.system",
+                "gen_ai.provider.name",
+            ]
+            .iter()
+            .any(|k| attr(&span.attributes, k).is_some());
+            if !genai {
+                return Ok(());
+            }
+            set(Stamp::Admitted, start);
+            if let Some(t) = secs("gen_ai.response.time_to_first_chunk")? {
+                set(Stamp::FirstToken, start + t);
+            }
+            for ev in &span.events {
+                if ev.name == "gen_ai.first_token" || ev.name == "first_chunk" {
+                    if let Ok(t) = i64::try_from(ev.time_unix_nano) {
+                        set(Stamp::FirstToken, t);
+                    }
+                }
+            }
+            if end > 0 {
+                set(Stamp::LastToken, end);
+                set(Stamp::Released, end);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Fields a span attribute can fill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Field {
@@ -126,6 +248,7 @@ pub enum Extracted {
 pub struct Extractor {
     keys: HashMap<String, (Field, u8)>,
     events: HashMap<String, Stamp>,
+    preset: Option<Preset>,
 }
 
 impl Default for Extractor {
@@ -171,7 +294,20 @@ impl Extractor {
                 events.insert(k.clone(), s);
             }
         }
-        Extractor { keys, events }
+        Extractor {
+            keys,
+            events,
+            preset: None,
+        }
+    }
+
+    /// An extractor for a preset's spans (its names, its derived timestamps,
+    /// and the run falling back to the resource's `service.instance.id` or
+    /// `service.name`).
+    pub fn with_preset(preset: Option<Preset>, names: &AttributeNames) -> Extractor {
+        let mut x = Extractor::new(&preset.map_or_else(|| names.clone(), Preset::names));
+        x.preset = preset;
+        x
     }
 
     fn scan<'a>(&self, attrs: &'a [KeyValue], found: &mut Found<'a>) {
@@ -191,7 +327,15 @@ impl Extractor {
     pub fn resource_run<'a>(&self, resource: &'a [KeyValue]) -> Option<(&'a str, &'a AnyValue)> {
         let mut found: Found<'a> = [None; FIELD_COUNT];
         self.scan(resource, &mut found);
-        found[Field::Run.slot()].map(|(_, k, v)| (k, v))
+        found[Field::Run.slot()]
+            .map(|(_, k, v)| (k, v))
+            .or_else(|| {
+                self.preset?;
+                ["service.instance.id", "service.name"]
+                    .iter()
+                    .find_map(|k| resource.iter().find(|kv| kv.key == *k))
+                    .and_then(|kv| kv.value.as_ref().map(|v| (kv.key.as_str(), v)))
+            })
     }
 
     /// Extracts one span. `resource_run` comes from [`Extractor::resource_run`].
@@ -241,6 +385,11 @@ impl Extractor {
                         }
                     }
                 }
+            }
+        }
+        if let Some(p) = self.preset {
+            if let Err((k, e)) = derive_stamps(p, span, &mut o) {
+                return reject(&k, e);
             }
         }
         match found[Field::Request.slot()] {

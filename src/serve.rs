@@ -23,6 +23,8 @@ use crate::live::{Engine, LiveConfig, Now, RunOutput};
 pub struct ServeConfig {
     pub live: LiveConfig,
     pub attributes: AttributeNames,
+    /// Read spans of existing instrumentation instead of tpsgap's attributes.
+    pub preset: Option<crate::extract::Preset>,
     /// Where derived metrics and gap spans are pushed (OTLP/gRPC), if anywhere.
     pub otlp_endpoint: Option<String>,
     /// Largest accepted OTLP message, bytes (default 64 MiB).
@@ -40,6 +42,7 @@ impl Default for ServeConfig {
         ServeConfig {
             live: LiveConfig::default(),
             attributes: AttributeNames::default(),
+            preset: None,
             otlp_endpoint: None,
             max_message: 64 << 20,
             export_buffer: 1024,
@@ -120,7 +123,7 @@ pub async fn run(
         pusher,
     };
     let pipeline = Arc::new(Pipeline {
-        extractor: Extractor::new(&cfg.attributes),
+        extractor: Extractor::with_preset(cfg.preset, &cfg.attributes),
         engine: engine.clone(),
     });
 

@@ -228,3 +228,32 @@ async fn rust_opentelemetry_otlp_exporter_gives_the_hand_computed_report() {
     .expect("checks");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vllm_preset_in_the_live_service_gives_the_hand_computed_report() {
+    let mut cfg = example_config();
+    cfg.live.window = WindowConfig {
+        window: 10_000_000_000,
+        step: 10_000_000_000,
+        default_cap: Some(2),
+        ..WindowConfig::default()
+    };
+    cfg.preset = Some(tpsgap::extract::Preset::Vllm);
+    let s = start(cfg).await;
+    let (http, api) = (s.http, s.api);
+    tokio::task::spawn_blocking(move || {
+        let body = std::fs::read(root().join("tests/fixtures/vllm.jsonl")).expect("fixture");
+        let (code, _, _) = common::http_post(
+            http,
+            "/v1/traces",
+            &[("Content-Type", "application/json")],
+            &body,
+        );
+        assert_eq!(code, 200);
+        let want = common::expected("tests/fixtures/vllm.expected.json")["runs"][0].clone();
+        assert_same(&final_run(api, "vllm-0"), &want);
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}

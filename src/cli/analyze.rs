@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use clap::{Args, ValueEnum};
 
 use crate::config::WindowArgs;
-use crate::extract::{Extracted, Extractor};
+use crate::extract::{AttributeNames, Extracted, Extractor, Preset};
 use crate::input::{read_traces, InputFormat};
 use crate::join::Store;
 use crate::report::Report;
@@ -35,6 +35,9 @@ pub struct AnalyzeArgs {
     /// Input encoding; `auto` decides from the first bytes of each file.
     #[arg(long, value_enum, default_value = "auto")]
     pub input_format: InputFormat,
+    /// Read spans of existing instrumentation (vLLM, GenAI conventions).
+    #[arg(long, value_enum, env = "TPSGAP_PRESET")]
+    pub preset: Option<Preset>,
     #[command(flatten)]
     pub window: WindowArgs,
 }
@@ -50,7 +53,7 @@ pub struct Analysis {
 /// Reads every input into one store and computes the report. Problems are
 /// collected, never fatal.
 pub fn analyze(files: &[String], format: InputFormat, cfg: &WindowConfig) -> Analysis {
-    let (store, problems) = load(files, format);
+    let (store, problems) = load(files, format, None);
     Analysis {
         report: store.report(cfg),
         problems,
@@ -58,8 +61,8 @@ pub fn analyze(files: &[String], format: InputFormat, cfg: &WindowConfig) -> Ana
 }
 
 /// Reads every input into one join store; returns it with the problems met.
-pub fn load(files: &[String], format: InputFormat) -> (Store, Vec<String>) {
-    let extractor = Extractor::default();
+pub fn load(files: &[String], format: InputFormat, preset: Option<Preset>) -> (Store, Vec<String>) {
+    let extractor = Extractor::with_preset(preset, &AttributeNames::default());
     let store = Store::new();
     let mut problems = Vec::new();
     for name in files {
@@ -96,7 +99,7 @@ pub fn load(files: &[String], format: InputFormat) -> (Store, Vec<String>) {
 /// When writing the output fails.
 pub fn run(args: &AnalyzeArgs, out: &mut impl Write, err: &mut impl Write) -> io::Result<u8> {
     let cfg = WindowConfig::from(&args.window);
-    let (store, problems) = load(&args.files, args.input_format);
+    let (store, problems) = load(&args.files, args.input_format, args.preset);
     for p in &problems {
         writeln!(err, "{p}")?;
     }

@@ -186,7 +186,7 @@ fn side(path: &str, cfg: &WindowConfig) -> Result<Report, CompareError> {
             return Ok(r);
         }
     }
-    let (store, problems) = load(&[path.to_string()], InputFormat::Auto);
+    let (store, problems) = load(&[path.to_string()], InputFormat::Auto, None);
     if let Some(p) = problems.first() {
         if store.runs.is_empty() {
             return Err(CompareError::Input {
