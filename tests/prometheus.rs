@@ -1,7 +1,10 @@
 //! A real Prometheus server (Debian's `prometheus`) scrapes a real
-//! `tpsgap serve` while a run streams in real time with a known idle gap:
-//! every second, the slot freed at the second's start stays empty for
-//! 250 ms while the next request waits (cap 1), so gap_fraction = 0.25.
+//! `tpsgap serve` while two runs stream in real time. In run `prom`, every
+//! second the slot freed at the second's start stays empty for 250 ms while
+//! the next request waits (cap 1), so gap_fraction = 0.25; run `steady`
+//! admits each request the instant the previous one leaves. Prometheus loads
+//! our alert rules (deploy/prometheus/alerts.yml, with ranges and `for`
+//! shortened to seconds): the idle-gap alert fires for `prom` only.
 
 mod common;
 
@@ -40,6 +43,25 @@ fn query(prom: SocketAddr, q: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
+/// The shipped rules with their ranges, offsets and `for` durations cut to
+/// seconds, so a test of a few seconds can see them fire.
+fn shorten(rules: &str) -> String {
+    let mut out = String::new();
+    for line in rules.lines() {
+        let mut l = line.to_string();
+        for unit in ["1h", "15m", "10m", "5m"] {
+            l = l.replace(&format!("[{unit}]"), "[5s]");
+            l = l.replace(&format!("offset {unit}"), "offset 5s");
+        }
+        if l.trim_start().starts_with("for:") {
+            l = format!("{}for: 2s", &l[..l.len() - l.trim_start().len()]);
+        }
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
     let (grpc, http, api, prom_port) = (free_port(), free_port(), free_port(), free_port());
@@ -65,11 +87,16 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
     );
     let dir = std::env::temp_dir().join(format!("tpsgap-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
+    let rules = std::fs::read_to_string(common::root().join("deploy/prometheus/alerts.yml"))
+        .expect("rules");
+    let rules = shorten(&rules);
+    std::fs::write(dir.join("alerts.yml"), rules).expect("rules copy");
     let cfg = dir.join("prometheus.yml");
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tpsgap\n    static_configs:\n      - targets: ['127.0.0.1:{api}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\nscrape_configs:\n  - job_name: tpsgap\n    static_configs:\n      - targets: ['127.0.0.1:{api}']\n",
+            dir.join("alerts.yml").display()
         ),
     )
     .expect("config");
@@ -125,7 +152,21 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
             vec![kv_int("cap", 1), kv_int("output_tokens", 100)],
             k as u64,
         );
-        client.export(export(vec![span])).await.expect("export");
+        let steady = request_span(
+            "steady",
+            &format!("req-{k}"),
+            &[
+                (Stamp::Queued, k * sec),
+                (Stamp::Admitted, k * sec),
+                (Stamp::Released, release),
+            ],
+            vec![kv_int("cap", 1), kv_int("output_tokens", 100)],
+            1000 + k as u64,
+        );
+        client
+            .export(export(vec![span, steady]))
+            .await
+            .expect("export");
     }
     let results = tokio::task::spawn_blocking(move || {
         let gauge = query(prom_addr, "llm_gap_fraction{run_id=\"prom\"}");
@@ -139,11 +180,30 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
         );
         let tps = query(prom_addr, "llm_system_tps{run_id=\"prom\"}");
         let spans = query(prom_addr, "tpsgap_spans_accepted_total");
-        (gauge, ratio, stall, tps, spans)
+        let (_, body) = http_get(prom_addr, "/api/v1/query?query=ALERTS%7Balertstate%3D%22firing%22%7D");
+        let alerts: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        (gauge, ratio, stall, tps, spans, alerts)
     })
     .await
     .expect("join");
-    let (gauge, ratio, stall, tps, spans) = results;
+    let (gauge, ratio, stall, tps, spans, alerts) = results;
+    let firing: Vec<(String, String)> = alerts["data"]["result"]
+        .as_array()
+        .expect("ALERTS result")
+        .iter()
+        .map(|a| {
+            let m = &a["metric"];
+            (
+                m["alertname"].as_str().unwrap_or("").to_string(),
+                m["run_id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        firing,
+        vec![("LLMIdleGapWithBacklog".to_string(), "prom".to_string())],
+        "only the run with a stall alerts"
+    );
     assert_eq!(
         gauge,
         Some(0.25),
