@@ -18,6 +18,8 @@
 //! - [`sim`]: the discrete-event pipeline simulator behind `simulate` and `demo`.
 //! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
 //! - [`testutil`]: builders shared by tests, benchmarks and the simulator.
+//! - [`fuzzing`]: fuzz harnesses (hostile bytes → report), shared by `fuzz/`
+//!   and `tests/fuzz_corpus.rs`.
 //! - [`config`]: command-line arguments → validated configuration.
 //! - [`cli`]: the subcommands.
 //!
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod config;
 pub mod export;
 pub mod extract;
+pub mod fuzzing;
 pub mod ingest;
 pub mod input;
 pub mod join;

@@ -194,3 +194,213 @@ async fn windows_buffered_during_a_10s_outage_all_arrive() {
     assert_eq!(unique, want, "every window of the run arrived");
     assert_eq!(got.len(), unique.len(), "none twice");
 }
+
+/// A gRPC codec that sends raw bytes as the request message, so garbage
+/// reaches the server's decoder.
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RespDecoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RespDecoder {
+    type Item = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Self::Item>, tonic::Status> {
+        use prost::Message;
+        Self::Item::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    type Encoder = RawEncoder;
+    type Decoder = RespDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RespDecoder {
+        RespDecoder
+    }
+}
+
+async fn raw_grpc(addr: SocketAddr, body: Vec<u8>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = axum::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .map(|_| ())
+}
+
+/// A protobuf request whose one span has an attribute nested `depth` arrays
+/// deep, written byte by byte (building it as structs would itself recurse).
+fn nested_protobuf(depth: usize) -> Vec<u8> {
+    fn wrap(tag: u8, inner: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let mut n = inner.len() as u64;
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(inner);
+        out
+    }
+    let mut v: Vec<u8> = vec![0x18, 0x01]; // AnyValue { int_value: 1 }
+    for _ in 0..depth {
+        // AnyValue { array_value (5): ArrayValue { values (1): [v] } }
+        v = wrap(0x2a, &wrap(0x0a, &v));
+    }
+    let kv = [wrap(0x0a, b"deep"), wrap(0x12, &v)].concat(); // KeyValue { key, value }
+    let span = wrap(0x4a, &kv); // Span { attributes (9) }
+    let scope = wrap(0x12, &span); // ScopeSpans { spans (2) }
+    let resource = wrap(0x12, &scope); // ResourceSpans { scope_spans (2) }
+    wrap(0x0a, &resource) // ExportTraceServiceRequest { resource_spans (1) }
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_at_both_receivers_leaves_the_service_up() {
+    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+    let (g, h, a) = (bind().await, bind().await, bind().await);
+    let (grpc, http, api) = (
+        g.local_addr().expect("a"),
+        h.local_addr().expect("a"),
+        a.local_addr().expect("a"),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve::run(
+        ServeConfig::default(),
+        Listeners {
+            grpc: g,
+            http: h,
+            api: a,
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+
+    // gRPC: random bytes, a length prefix of 2 GiB, nesting 10,000 deep.
+    for seed in 1..20u64 {
+        let err = raw_grpc(grpc, pseudo_random(64 + seed as usize * 37, seed)).await;
+        assert!(
+            err.is_err_and(|s| s.code() != tonic::Code::Ok),
+            "random bytes are refused"
+        );
+    }
+    let huge = vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x07, 0x01, 0x02];
+    assert!(
+        raw_grpc(grpc, huge).await.is_err(),
+        "declared length beyond the body"
+    );
+    assert!(
+        raw_grpc(grpc, nested_protobuf(10_000)).await.is_err(),
+        "recursion limit"
+    );
+    // Plain TCP garbage on the gRPC port.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(grpc).await.expect("connect");
+        let _ = s.write_all(&pseudo_random(4096, 99)).await;
+    }
+
+    let checks = tokio::task::spawn_blocking(move || {
+        let post = |ct: &str, ce: Option<&str>, body: &[u8]| {
+            let mut h = vec![("Content-Type", ct)];
+            if let Some(e) = ce {
+                h.push(("Content-Encoding", e));
+            }
+            common::http_post(http, "/v1/traces", &h, body).0
+        };
+        for seed in 1..20u64 {
+            assert_eq!(post("application/x-protobuf", None, &pseudo_random(100 + seed as usize, seed)), 400);
+            assert_eq!(post("application/json", None, &pseudo_random(100, seed)), 400);
+        }
+        assert_eq!(post("application/x-protobuf", Some("gzip"), &[0x1f, 0x8b, 0x08, 0x00, 1, 2, 3]), 400, "truncated gzip");
+        assert_eq!(post("image/png", None, b"\x89PNG"), 415);
+        assert_eq!(post("application/x-protobuf", None, &nested_protobuf(10_000)), 400);
+        let deep_json = format!("{{\"resourceSpans\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(post("application/json", None, deep_json.as_bytes()), 400, "deeply nested JSON");
+        // A declared length far beyond the limit is refused before any read.
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        write!(s, "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: 99999999999\r\n\r\nabc").expect("send");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 413"), "{}", String::from_utf8_lossy(&buf[..n]));
+        // Still up: health, and a valid export is taken.
+        assert_eq!(common::http_get(api, "/healthz").0, 200);
+        let example = std::fs::read(common::root().join("examples/small.jsonl")).expect("example");
+        assert_eq!(post("application/json", None, &example), 200);
+        let (code, body) = common::http_get(api, "/api/v1/runs/example");
+        assert_eq!(code, 200);
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(v["requests"]["total"], 4);
+    })
+    .await;
+    checks.expect("checks");
+    let mut c = TraceServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect");
+    let ok = c
+        .export(tpsgap::testutil::export(vec![
+            tpsgap::testutil::request_span(
+                "g",
+                "fine",
+                &[(tpsgap::model::Stamp::Queued, 1_800_000_000 * SEC)],
+                vec![],
+                7,
+            ),
+        ]))
+        .await;
+    assert!(ok.is_ok(), "gRPC still takes valid requests");
+    let _ = tx.send(());
+    server.await.expect("join").expect("clean stop");
+}

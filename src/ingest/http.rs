@@ -91,7 +91,7 @@ fn error_response(e: &HttpError, enc: Encoding) -> Response {
 pub fn router(pipeline: Arc<Pipeline>, max_message: usize) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
-        .layer(DefaultBodyLimit::max(max_message))
+        .layer(DefaultBodyLimit::disable())
         .with_state(HttpState {
             pipeline,
             max_message,
@@ -140,10 +140,23 @@ fn decompress(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, Htt
     }
 }
 
-async fn traces(State(s): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn traces(State(s): State<HttpState>, req: axum::extract::Request) -> Response {
+    let headers = req.headers().clone();
     let enc = match encoding_of(&headers) {
         Ok(e) => e,
         Err(e) => return error_response(&e, Encoding::Protobuf),
+    };
+    // A declared length over the limit is refused before reading anything.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_message as u64) {
+        return error_response(&HttpError::TooLarge(s.max_message), enc);
+    }
+    let body = match axum::body::to_bytes(req.into_body(), s.max_message).await {
+        Ok(b) => b,
+        Err(_) => return error_response(&HttpError::TooLarge(s.max_message), enc),
     };
     match export(&s, &headers, body, enc) {
         Ok(resp) => {

@@ -1,0 +1,301 @@
+//! Fuzz harnesses: hostile bytes → decode → extract → join → sweep line →
+//! report, for every way untrusted data enters tpsgap.
+//!
+//! Each function takes arbitrary bytes and must return, whatever they are:
+//! a panic (an overflow, an out-of-bounds index, a failed invariant check)
+//! is a bug. They are shared by the cargo-fuzz targets in `fuzz/` (run them
+//! with `scripts/fuzz.sh`) and by `tests/fuzz_corpus.rs`, which replays the
+//! seed corpus and every regression input in `tests/fuzz/` in `cargo test`.
+//!
+//! - [`protobuf`]: a binary `ExportTraceServiceRequest`, and the same bytes
+//!   as a protobuf file.
+//! - [`json`]: one OTLP JSON export, and the same bytes as a JSON-lines (or
+//!   protobuf, or gzip) file with `--input-format auto`.
+//! - [`timestamp`]: a timestamp attribute as a string, an integer and a
+//!   double; each one accepted is also run through a whole export.
+//!
+//! Every decoded export is extracted with the default attribute names and
+//! with each preset, joined, and reported with the default windows and with
+//! small ones (1 s windows, 1 s step, default cap 2, so that the gap
+//! classification runs); the reports are serialized and rendered as
+//! `tpsgap analyze --format json|html` does. Besides "no panic" the harnesses check
+//! a few documented invariants: every span is counted exactly once (accepted,
+//! ignored or rejected), joining the same spans again changes no report
+//! (`join`), and a report never holds a NaN or infinite number where a
+//! number is required (`report`).
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use prost::Message;
+
+use crate::export::web::{report_page, TIMELINE_COLUMNS};
+use crate::extract::{parse_timestamp, Extracted, Extractor, Preset};
+use crate::input::{read_traces, InputFormat};
+use crate::join::Store;
+use crate::model::{Nanos, Stamp, NANOS_PER_SEC};
+use crate::report::Report;
+use crate::testutil::{export, kv_int, request_span};
+use crate::window::WindowConfig;
+
+/// The window configuration of the second report: 1 s windows every 1 s and
+/// a default cap of 2, so small inputs have many windows and gaps.
+pub fn small_windows() -> WindowConfig {
+    WindowConfig {
+        window: NANOS_PER_SEC,
+        step: NANOS_PER_SEC,
+        default_cap: Some(2),
+        ..WindowConfig::default()
+    }
+}
+
+/// Extracts every span of `resource_spans` with `x` into a new store, checks
+/// that each span was counted once, and that joining them all a second time
+/// changes no run report. Returns the store.
+fn join<'a>(
+    x: &Extractor,
+    resource_spans: impl Iterator<Item = &'a ResourceSpans> + Clone,
+) -> Store {
+    let store = Store::new();
+    let mut spans = 0u64;
+    for rs in resource_spans.clone() {
+        x.resource_spans(rs, &mut |e: Extracted| {
+            spans += 1;
+            store.apply(&e);
+        });
+    }
+    let c = &store.counters;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        load(&c.accepted) + load(&c.ignored) + load(&c.rejected),
+        spans,
+        "every span is accepted, ignored or rejected exactly once"
+    );
+    let cfg = WindowConfig::default();
+    let before = store.report(&cfg);
+    for rs in resource_spans {
+        x.resource_spans(rs, &mut |e: Extracted| store.apply(&e));
+    }
+    let mut again = store.report(&cfg);
+    again.ignored_spans -= before.ignored_spans;
+    again.rejected_spans -= before.rejected_spans;
+    assert!(
+        same_report(&before, &again),
+        "joining the same spans twice changed the report"
+    );
+    store
+}
+
+/// Report equality by serialization, so that a NaN equals itself (the
+/// idempotence check is about joining; [`serialize`] checks NaNs).
+fn same_report(a: &Report, b: &Report) -> bool {
+    serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
+}
+
+/// Serializes a report as `tpsgap analyze --format json` does and checks it
+/// reads back: a NaN or infinity where the report requires a number is
+/// written as `null` and fails to read.
+fn serialize(r: &Report) -> String {
+    let text = match serde_json::to_string(r) {
+        Ok(t) => t,
+        Err(e) => panic!("the report does not serialize: {e}"),
+    };
+    if let Err(e) = serde_json::from_str::<Report>(&text) {
+        panic!("the report does not read back (a NaN or infinity?): {e}");
+    }
+    text
+}
+
+/// The whole offline pipeline over some `ResourceSpans`: extract (default
+/// names and each preset), join, report with the default and the small
+/// windows, serialize, and the HTML report page. Returns the report of the
+/// default names and windows.
+fn analyze<'a>(resource_spans: impl Iterator<Item = &'a ResourceSpans> + Clone) -> Report {
+    let extractors = [
+        Extractor::default(),
+        Extractor::with_preset(Some(Preset::Vllm), &Default::default()),
+        Extractor::with_preset(Some(Preset::Genai), &Default::default()),
+    ];
+    let mut first = None;
+    for x in &extractors {
+        let store = join(x, resource_spans.clone());
+        let report = store.report(&WindowConfig::default());
+        serialize(&report);
+        serialize(&store.report(&small_windows()));
+        let pages = store.pages(&small_windows(), TIMELINE_COLUMNS);
+        let _ = report_page(&pages);
+        first.get_or_insert(report);
+    }
+    first.unwrap_or_default()
+}
+
+/// Runs an export request through [`analyze`].
+pub fn analyze_request(req: &ExportTraceServiceRequest) -> Report {
+    analyze(req.resource_spans.iter())
+}
+
+/// Reads `data` as `tpsgap analyze` reads a file (from memory) and analyzes
+/// every `ResourceSpans` read. Returns the report and the input errors.
+fn analyze_file(data: &[u8], name: &str, format: InputFormat) -> (Report, Vec<String>) {
+    let mut spans = Vec::new();
+    let mut errors = Vec::new();
+    read_traces(data, name, format, &mut |_, rs| spans.push(rs), &mut |e| {
+        errors.push(e.to_string())
+    });
+    (analyze(spans.iter()), errors)
+}
+
+/// What [`protobuf`] and [`json`] saw.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// The report of the input decoded as one export request (default
+    /// attribute names and windows), `None` when it does not decode.
+    pub decoded: Option<Report>,
+    /// The report of the input read as a file.
+    pub file: Report,
+    /// The malformed parts of the file, as `tpsgap analyze` prints them.
+    pub file_errors: Vec<String>,
+}
+
+/// Fuzz target `protobuf`: `data` as a binary protobuf
+/// `ExportTraceServiceRequest`, and as a protobuf file (`--input-format
+/// proto`: raw or length-prefixed messages).
+pub fn protobuf(data: &[u8]) -> Outcome {
+    let decoded = ExportTraceServiceRequest::decode(data)
+        .ok()
+        .map(|req| analyze_request(&req));
+    let (file, file_errors) = analyze_file(data, "fuzz.pb", InputFormat::Proto);
+    Outcome {
+        decoded,
+        file,
+        file_errors,
+    }
+}
+
+/// Fuzz target `json`: `data` as one OTLP JSON `ExportTraceServiceRequest`,
+/// and as a file with `--input-format auto` (JSON lines when it starts with
+/// `{`, gzip unpacked, else protobuf).
+pub fn json(data: &[u8]) -> Outcome {
+    let decoded = serde_json::from_slice::<ExportTraceServiceRequest>(data)
+        .ok()
+        .map(|req| analyze_request(&req));
+    let (file, file_errors) = analyze_file(data, "fuzz.jsonl", InputFormat::Auto);
+    Outcome {
+        decoded,
+        file,
+        file_errors,
+    }
+}
+
+/// What [`timestamp`] parsed from its input, as each kind of attribute value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Parsed {
+    /// The input as a (lossy UTF-8) string.
+    pub string: Result<Nanos, String>,
+    /// The first 8 bytes (zero-padded) as a little-endian `i64`.
+    pub int: Result<Nanos, String>,
+    /// The first 8 bytes (zero-padded) as a little-endian `f64`.
+    pub double: Result<Nanos, String>,
+}
+
+/// Fuzz target `timestamp`: [`parse_timestamp`] of the input as a string, an
+/// integer and a double. Each timestamp accepted must be what extraction
+/// stores for that attribute, and an export whose requests carry it (as the
+/// attribute value itself, and as integer nanoseconds next to ordinary
+/// times) must go through [`protobuf`] without a panic.
+pub fn timestamp(data: &[u8]) -> Parsed {
+    let mut word = [0u8; 8];
+    let n = data.len().min(8);
+    word[..n].copy_from_slice(&data[..n]);
+    let any = |v: Value| AnyValue { value: Some(v) };
+    let values = [
+        any(Value::StringValue(
+            String::from_utf8_lossy(data).into_owned(),
+        )),
+        any(Value::IntValue(i64::from_le_bytes(word))),
+        any(Value::DoubleValue(f64::from_le_bytes(word))),
+    ];
+    let [string, int, double] = values.clone().map(|v| parse_timestamp(&v));
+    for (v, r) in values.iter().zip([&string, &int, &double]) {
+        if let Ok(t) = r {
+            check_timestamp(v, *t);
+        }
+    }
+    Parsed {
+        string,
+        int,
+        double,
+    }
+}
+
+/// Extraction of `v` as `queued_at` stores `t`; then a whole export with
+/// `t` goes through [`protobuf`].
+fn check_timestamp(v: &AnyValue, t: Nanos) {
+    let attr = |key: &str| KeyValue {
+        key: key.to_string(),
+        value: Some(v.clone()),
+        ..Default::default()
+    };
+    let raw = request_span("fuzz", "raw", &[], vec![attr("queued_at")], 0);
+    match Extractor::default().span(None, &raw) {
+        Extracted::Observation(o) => assert_eq!(
+            o.stamps.get(Stamp::Queued),
+            Some(t),
+            "extraction disagrees with parse_timestamp"
+        ),
+        other => panic!("a parsed timestamp was not extracted: {other:?}"),
+    }
+    let s = NANOS_PER_SEC;
+    let t0 = 1_800_000_000 * s;
+    let spans = vec![
+        // t as integer nanoseconds (re-read by magnitude) around it.
+        request_span(
+            "fuzz",
+            "a",
+            &[
+                (Stamp::Queued, t),
+                (Stamp::Admitted, t.saturating_add(s)),
+                (Stamp::FirstToken, t.saturating_add(2 * s)),
+                (Stamp::LastToken, t.saturating_add(3 * s)),
+                (Stamp::Released, t.saturating_add(3 * s)),
+            ],
+            vec![kv_int("output_tokens", 10), kv_int("cap", 1)],
+            1,
+        ),
+        // An ordinary request of the same run.
+        request_span(
+            "fuzz",
+            "b",
+            &[
+                (Stamp::Queued, t0),
+                (Stamp::Admitted, t0 + s),
+                (Stamp::Released, t0 + 2 * s),
+            ],
+            vec![kv_int("output_tokens", 5)],
+            2,
+        ),
+        // The value itself as every timestamp of one request, and as the
+        // release of another.
+        request_span(
+            "fuzz",
+            "c",
+            &[],
+            vec![
+                attr("queued_at"),
+                attr("admitted_at"),
+                attr("first_token_at"),
+                attr("last_token_at"),
+                attr("released_at"),
+            ],
+            3,
+        ),
+        request_span(
+            "fuzz",
+            "d",
+            &[(Stamp::Queued, t0), (Stamp::Admitted, t0 + s)],
+            vec![attr("released_at")],
+            4,
+        ),
+    ];
+    protobuf(&export(spans).encode_to_vec());
+}
