@@ -92,6 +92,22 @@ pub struct ServeArgs {
     /// retryable status (gRPC UNAVAILABLE, HTTP 503) and counted.
     #[arg(long, env = "TPSGAP_MAX_RUNS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_runs: u64,
+    /// At most this many requests per run; spans of further requests are
+    /// rejected through partial success and counted.
+    #[arg(long, env = "TPSGAP_MAX_REQUESTS_PER_RUN", default_value_t = 1_000_000)]
+    pub max_requests_per_run: usize,
+    /// Ingest capacity in spans per second (0: unlimited). Over it, gRPC
+    /// answers UNAVAILABLE with a RetryInfo delay and HTTP 429 with
+    /// Retry-After; OTLP clients retry.
+    #[arg(long, env = "TPSGAP_MAX_SPANS_PER_SECOND", default_value_t = 0)]
+    pub max_spans_per_second: u64,
+    /// At most this many spans in one request (not retryable: INVALID_ARGUMENT / HTTP 400).
+    #[arg(long, env = "TPSGAP_MAX_SPANS_PER_BATCH", default_value_t = 100_000)]
+    pub max_spans_per_batch: usize,
+    /// Longest string attribute value in bytes; a span with a longer one is
+    /// rejected through partial success.
+    #[arg(long, env = "TPSGAP_MAX_ATTRIBUTE_LENGTH", default_value_t = 65_536)]
+    pub max_attribute_length: usize,
     /// Largest accepted OTLP message in bytes (after decompression).
     #[arg(long, env = "TPSGAP_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
@@ -115,12 +131,16 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
                 lateness: nanos(a.lateness),
                 idle_timeout: a.run_idle_timeout,
                 max_runs: usize::try_from(a.max_runs).unwrap_or(usize::MAX),
+                max_requests_per_run: a.max_requests_per_run,
                 keep_final_runs: a.keep_final_runs,
                 keep_final_for: a.keep_final_for,
             },
             otlp_endpoint: a.otlp_endpoint.clone(),
             preset: a.preset,
             max_message: a.max_message_bytes,
+            max_spans_per_second: a.max_spans_per_second,
+            max_spans_per_batch: a.max_spans_per_batch,
+            max_attribute_length: a.max_attribute_length,
             export_buffer: a.export_buffer,
             ..crate::serve::ServeConfig::default()
         }

@@ -249,6 +249,7 @@ pub struct Extractor {
     keys: HashMap<String, (Field, u8)>,
     events: HashMap<String, Stamp>,
     preset: Option<Preset>,
+    max_attribute_length: usize,
 }
 
 impl Default for Extractor {
@@ -298,7 +299,14 @@ impl Extractor {
             keys,
             events,
             preset: None,
+            max_attribute_length: usize::MAX,
         }
+    }
+
+    /// Rejects spans with a string attribute value longer than `max` bytes.
+    pub fn max_attribute_length(mut self, max: usize) -> Extractor {
+        self.max_attribute_length = max;
+        self
     }
 
     /// An extractor for a preset's spans (its names, its derived timestamps,
@@ -350,6 +358,18 @@ impl Extractor {
                 reason,
             })
         };
+        if let Some(kv) = span.attributes.iter().find(|kv| {
+            matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                Some(Value::StringValue(s)) if s.len() > self.max_attribute_length)
+        }) {
+            return reject(
+                &kv.key,
+                format!(
+                    "value longer than {} bytes (--max-attribute-length)",
+                    self.max_attribute_length
+                ),
+            );
+        }
         let run = found[Field::Run.slot()]
             .map(|(_, k, v)| (k, v))
             .or(resource_run);

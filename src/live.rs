@@ -53,6 +53,9 @@ pub struct LiveConfig {
     /// At most this many live runs; spans of further runs are refused with a
     /// retryable status.
     pub max_runs: usize,
+    /// At most this many requests per run; spans of further requests are
+    /// rejected through partial success (retrying would not help).
+    pub max_requests_per_run: usize,
     /// Finished runs kept for the API: at most this many …
     pub keep_final_runs: usize,
     /// … for at most this long.
@@ -66,6 +69,7 @@ impl Default for LiveConfig {
             lateness: 60 * crate::model::NANOS_PER_SEC,
             idle_timeout: Duration::from_secs(60),
             max_runs: 10_000,
+            max_requests_per_run: 1_000_000,
             keep_final_runs: 1_000,
             keep_final_for: Duration::from_secs(3_600),
         }
@@ -83,8 +87,34 @@ pub enum RunPhase {
 /// Why a batch was refused as a whole (retryable: nothing of it was applied).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// Retryable: the batch would start more runs than `--max-runs`.
     #[error("too many live runs: {live} live, at most {max} (--max-runs); retry later")]
     TooManyRuns { live: usize, max: usize },
+    /// Retryable: over `--max-spans-per-second`; retry after the delay.
+    #[error(
+        "over the ingest rate of {rate} spans/s (--max-spans-per-second); retry in {retry_after:?}"
+    )]
+    RateLimited { rate: u64, retry_after: Duration },
+    /// Not retryable: more spans in one request than `--max-spans-per-batch`.
+    #[error(
+        "{spans} spans in one request, at most {max} (--max-spans-per-batch); send smaller batches"
+    )]
+    TooManySpans { spans: usize, max: usize },
+}
+
+impl Refusal {
+    /// Whether the same request may succeed later.
+    pub fn retryable(&self) -> bool {
+        !matches!(self, Refusal::TooManySpans { .. })
+    }
+
+    /// How long a client should wait before retrying.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Refusal::RateLimited { retry_after, .. } => *retry_after,
+            _ => Duration::from_secs(1),
+        }
+    }
 }
 
 /// What happened to the spans of one accepted batch.
@@ -93,6 +123,8 @@ pub struct IngestOutcome {
     pub accepted: u64,
     pub ignored: u64,
     pub rejected: Vec<Rejection>,
+    /// Spans over a per-run limit, with the reason (partial success).
+    pub limited: Vec<String>,
     pub late: u64,
 }
 
@@ -210,6 +242,7 @@ pub struct EngineCounters {
     pub spans_ignored: AtomicU64,
     pub spans_rejected: AtomicU64,
     pub spans_refused: AtomicU64,
+    pub spans_limited: AtomicU64,
     pub late_spans: AtomicU64,
     pub windows_final: AtomicU64,
     pub runs_finalized: AtomicU64,
@@ -275,7 +308,6 @@ impl Engine {
         for e in items {
             match e {
                 Extracted::Observation(o) => {
-                    out.accepted += 1;
                     let mut run = self
                         .runs
                         .entry(o.run_id.clone())
@@ -291,6 +323,19 @@ impl Engine {
                             late_spans: 0,
                         });
                     run.last_span = now.mono;
+                    if o.is_request()
+                        && run.join.requests.len() >= self.cfg.max_requests_per_run
+                        && !run.join.requests.contains_key(&o.request_id)
+                    {
+                        out.limited.push(format!(
+                            "span {}: run {:?} holds the maximum of {} requests (--max-requests-per-run)",
+                            crate::model::hex(&o.span.span_id),
+                            o.run_id,
+                            self.cfg.max_requests_per_run
+                        ));
+                        continue;
+                    }
+                    out.accepted += 1;
                     if o.stamps
                         .bounds()
                         .is_some_and(|(lo, _)| lo < run.final_until)
@@ -309,6 +354,8 @@ impl Engine {
         c.spans_ignored.fetch_add(out.ignored, Ordering::Relaxed);
         c.spans_rejected
             .fetch_add(out.rejected.len() as u64, Ordering::Relaxed);
+        c.spans_limited
+            .fetch_add(out.limited.len() as u64, Ordering::Relaxed);
         c.late_spans.fetch_add(out.late, Ordering::Relaxed);
         Ok(out)
     }

@@ -29,6 +29,12 @@ pub struct ServeConfig {
     pub otlp_endpoint: Option<String>,
     /// Largest accepted OTLP message, bytes (default 64 MiB).
     pub max_message: usize,
+    /// Ingest capacity, spans per second (0: unlimited).
+    pub max_spans_per_second: u64,
+    /// Most spans in one request (default 100,000).
+    pub max_spans_per_batch: usize,
+    /// Longest string attribute value, bytes (default 64 KiB).
+    pub max_attribute_length: usize,
     /// Export requests that may wait for a down endpoint (default 1024).
     pub export_buffer: usize,
     /// How often final windows are looked for (default 200 ms).
@@ -45,6 +51,9 @@ impl Default for ServeConfig {
             preset: None,
             otlp_endpoint: None,
             max_message: 64 << 20,
+            max_spans_per_second: 0,
+            max_spans_per_batch: 100_000,
+            max_attribute_length: 65_536,
             export_buffer: 1024,
             tick: Duration::from_millis(200),
             stage_deadline: Duration::from_secs(10),
@@ -122,10 +131,13 @@ pub async fn run(
         prom: prom.clone(),
         pusher,
     };
-    let pipeline = Arc::new(Pipeline {
-        extractor: Extractor::with_preset(cfg.preset, &cfg.attributes),
-        engine: engine.clone(),
-    });
+    let pipeline = Arc::new(Pipeline::new(
+        Extractor::with_preset(cfg.preset, &cfg.attributes)
+            .max_attribute_length(cfg.max_attribute_length),
+        engine.clone(),
+        cfg.max_spans_per_second,
+        cfg.max_spans_per_batch,
+    ));
 
     let (stop_rx_tx, stop_rx) = watch::channel(false);
     let (stop_api_tx, stop_api) = watch::channel(false);

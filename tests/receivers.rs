@@ -318,3 +318,155 @@ async fn watermark_late_span_and_idle_timeout_with_paused_time() {
     assert_eq!(v["gaps"][0]["cause"], "stall");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_give_specific_answers() {
+    use tonic_types::StatusExt;
+    let s = start(ServeConfig {
+        max_spans_per_batch: 3,
+        max_attribute_length: 100,
+        live: LiveConfig {
+            max_runs: 1,
+            max_requests_per_run: 2,
+            ..LiveConfig::default()
+        },
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut c = TraceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .expect("connect");
+    let span = |id: &str, n: u64, extra| {
+        request_span("r", id, &[(Stamp::Queued, T0 + n as i64 * SEC)], extra, n)
+    };
+    // Per-run request limit and attribute length: partial success, per span.
+    let resp = c
+        .export(export(vec![
+            span("a", 1, vec![]),
+            span("b", 2, vec![]),
+            span("c", 3, vec![]),
+        ]))
+        .await
+        .expect("export")
+        .into_inner();
+    let ps = resp.partial_success.expect("partial success");
+    assert_eq!(ps.rejected_spans, 1);
+    assert!(
+        ps.error_message.contains("--max-requests-per-run"),
+        "{}",
+        ps.error_message
+    );
+    let resp = c
+        .export(export(vec![
+            span("a", 4, vec![kv_str("note", &"x".repeat(101))]),
+            span("b", 5, vec![kv_str("note", &"x".repeat(100))]),
+        ]))
+        .await
+        .expect("export")
+        .into_inner();
+    let ps = resp.partial_success.expect("partial success");
+    assert_eq!(ps.rejected_spans, 1);
+    assert!(
+        ps.error_message
+            .contains("attribute `note`: value longer than 100 bytes (--max-attribute-length)"),
+        "{}",
+        ps.error_message
+    );
+    // Too many spans in one request: not retryable.
+    let big = export((10..14).map(|n| span("a", n, vec![])).collect());
+    let err = c.export(big.clone()).await.expect_err("too many spans");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("--max-spans-per-batch"));
+    assert!(err.get_details_retry_info().is_none());
+    // Over --max-runs: UNAVAILABLE with a RetryInfo delay.
+    let other = export(vec![request_span(
+        "other",
+        "x",
+        &[(Stamp::Queued, T0)],
+        vec![],
+        20,
+    )]);
+    let err = c.export(other.clone()).await.expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let delay = err.get_details_retry_info().and_then(|r| r.retry_delay);
+    assert_eq!(delay, Some(Duration::from_secs(1)));
+    let http = s.http;
+    tokio::task::spawn_blocking(move || {
+        let pb = [("Content-Type", "application/x-protobuf")];
+        let (code, h, _) = http_post(http, "/v1/traces", &pb, &other.encode_to_vec());
+        assert_eq!(code, 503);
+        assert_eq!(header(&h, "retry-after"), Some("1"));
+        let (code, h, _) = http_post(http, "/v1/traces", &pb, &big.encode_to_vec());
+        assert_eq!(code, 400);
+        assert_eq!(header(&h, "retry-after"), None);
+    })
+    .await
+    .expect("http checks");
+    let text = tokio::task::spawn_blocking({
+        let api = s.api;
+        move || common::http_get(api, "/metrics").1
+    })
+    .await
+    .expect("scrape");
+    let counter = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(counter("tpsgap_spans_limited_total"), Some(1.0));
+    assert_eq!(counter("tpsgap_spans_rejected_total"), Some(1.0));
+    assert_eq!(
+        counter("tpsgap_spans_refused_total"),
+        Some(4.0 + 1.0 + 1.0 + 4.0)
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_answers_with_retry_delays() {
+    use tonic_types::StatusExt;
+    let s = start(ServeConfig {
+        max_spans_per_second: 10,
+        ..ServeConfig::default()
+    })
+    .await;
+    let mut c = TraceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .expect("connect");
+    let batch = |from: u64| {
+        export(
+            (from..from + 8)
+                .map(|n| request_span("r", &n.to_string(), &[(Stamp::Queued, T0)], vec![], n))
+                .collect(),
+        )
+    };
+    c.export(batch(0)).await.expect("within the burst");
+    let err = c.export(batch(100)).await.expect_err("over the rate");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let delay = err
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    // 2 tokens left, 8 needed, 10 per second: about 0.6 s.
+    assert!(
+        delay > Duration::from_millis(400) && delay <= Duration::from_millis(650),
+        "{delay:?}"
+    );
+    tokio::time::sleep(delay).await;
+    c.export(batch(100)).await.expect("after the delay");
+    let http = s.http;
+    tokio::task::spawn_blocking(move || {
+        let (code, h, _) = http_post(
+            http,
+            "/v1/traces",
+            &[("Content-Type", "application/x-protobuf")],
+            &batch(200).encode_to_vec(),
+        );
+        assert_eq!(code, 429);
+        assert_eq!(header(&h, "retry-after"), Some("1"));
+    })
+    .await
+    .expect("http");
+    s.stop().await;
+}

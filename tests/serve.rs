@@ -257,3 +257,53 @@ async fn vllm_preset_in_the_live_service_gives_the_hand_computed_report() {
     .expect("checks");
     s.stop().await;
 }
+
+/// Overload: real SDK exporters offer 8,000 spans each, as fast as they can,
+/// to a service that takes 2,000 spans/s. Refusals carry retry delays; the
+/// exporters retry; in the end every span sent was accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_with_retrying_sdk_exporters_loses_nothing() {
+    let mut cfg = ServeConfig {
+        max_spans_per_second: 2_000,
+        ..example_config()
+    };
+    // Exporters back off between retries: a run must not go idle meanwhile.
+    cfg.live.idle_timeout = Duration::from_secs(8);
+    let s = start(cfg).await;
+    let (grpc, http, api) = (s.grpc, s.http, s.api);
+    tokio::task::spawn_blocking(move || {
+        for (proto, ep, run) in [
+            ("grpc", format!("http://{grpc}"), "load-grpc"),
+            ("http", format!("http://{http}/v1/traces"), "load-http"),
+        ] {
+            let start = std::time::Instant::now();
+            let out = Command::new(python())
+                .arg(root().join("tests/python/send_load.py"))
+                .args(["--protocol", proto, "--endpoint", &ep, "--run-id", run, "--spans", "8000"])
+                .output()
+                .expect("python");
+            let took = start.elapsed().as_secs_f64();
+            assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let v = final_run(api, run);
+            assert_eq!(v["requests"]["total"], 8000, "{proto}: every span sent was accepted");
+            eprintln!(
+                "{proto}: 8000 spans through a 2000 spans/s limit in {took:.1} s ({:.0} spans/s held); {}",
+                8000.0 / took,
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        let text = http_get(api, "/metrics").1;
+        let counter = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        assert_eq!(counter("tpsgap_spans_accepted_total"), 16_000.0);
+        assert!(counter("tpsgap_spans_refused_total") > 0.0, "the load was over capacity");
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}

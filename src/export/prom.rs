@@ -199,17 +199,18 @@ impl Collector for SelfTelemetry {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let c = &self.engine.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (acc, ign, rej, refused) = (
+        let (acc, ign, rej, refused, limited) = (
             get(&c.spans_accepted),
             get(&c.spans_ignored),
             get(&c.spans_rejected),
             get(&c.spans_refused),
+            get(&c.spans_limited),
         );
         let rows = [
             (
                 "tpsgap_spans_received",
                 "Spans received over OTLP",
-                acc + ign + rej + refused,
+                acc + ign + rej + refused + limited,
             ),
             ("tpsgap_spans_accepted", "Spans accepted into a run", acc),
             (
@@ -224,8 +225,13 @@ impl Collector for SelfTelemetry {
             ),
             (
                 "tpsgap_spans_refused",
-                "Spans refused with a retryable status (limits)",
+                "Spans of requests refused as a whole (rate, live runs, batch size)",
                 refused,
+            ),
+            (
+                "tpsgap_spans_limited",
+                "Spans rejected through partial success by a per-run limit",
+                limited,
             ),
             (
                 "tpsgap_late_spans",

@@ -9,7 +9,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use tonic::codec::CompressionEncoding;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use super::Pipeline;
 use crate::live::Refusal;
@@ -19,11 +20,15 @@ pub struct GrpcReceiver {
     pub pipeline: Arc<Pipeline>,
 }
 
-/// The one place where refusals become gRPC statuses: retryable
-/// `UNAVAILABLE`, as the OTLP specification asks for overload.
+/// The one place where refusals become gRPC statuses: overload is
+/// `UNAVAILABLE` with a `google.rpc.RetryInfo` delay, as the OTLP
+/// specification asks; a request that can never fit is `INVALID_ARGUMENT`.
 fn status(r: Refusal) -> Status {
-    match r {
-        Refusal::TooManyRuns { .. } => Status::unavailable(r.to_string()),
+    if r.retryable() {
+        let details = ErrorDetails::with_retry_info(Some(r.retry_after()));
+        Status::with_error_details(Code::Unavailable, r.to_string(), details)
+    } else {
+        Status::invalid_argument(r.to_string())
     }
 }
 

@@ -69,7 +69,9 @@ fn error_response(e: &HttpError, enc: Encoding) -> Response {
         }
         HttpError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 3),
         HttpError::Undecodable(_) => (StatusCode::BAD_REQUEST, 3),
-        HttpError::Refused(_) => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        HttpError::Refused(Refusal::RateLimited { .. }) => (StatusCode::TOO_MANY_REQUESTS, 14),
+        HttpError::Refused(r) if r.retryable() => (StatusCode::SERVICE_UNAVAILABLE, 14),
+        HttpError::Refused(_) => (StatusCode::BAD_REQUEST, 3),
     };
     let status = RpcStatus {
         code: grpc_code,
@@ -80,9 +82,14 @@ fn error_response(e: &HttpError, enc: Encoding) -> Response {
         Encoding::Json => serde_json::to_vec(&status).unwrap_or_default(),
     };
     let mut resp = (code, [(header::CONTENT_TYPE, enc.content_type())], body).into_response();
-    if matches!(e, HttpError::Refused(_)) {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    if let HttpError::Refused(r) = e {
+        if r.retryable() {
+            // Retry-After takes whole seconds.
+            let secs = r.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
     }
     resp
 }

@@ -5,7 +5,9 @@
 pub mod grpc;
 pub mod http;
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -17,38 +19,112 @@ use crate::live::{Engine, Now, Refusal};
 /// At most this many rejection reasons are quoted in a partial success.
 const MAX_REASONS: usize = 5;
 
+/// A token bucket of spans per second (capacity: one second's worth).
+struct RateLimit {
+    rate: u64,
+    state: Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl RateLimit {
+    /// Takes `n` tokens, or says how long until they would be there.
+    fn take(&self, n: usize) -> Result<(), Refusal> {
+        let now = tokio::time::Instant::now();
+        let Ok(mut st) = self.state.lock() else {
+            return Ok(());
+        };
+        let rate = self.rate as f64;
+        let (tokens, last) = *st;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate);
+        let need = (n as f64).min(rate);
+        if tokens >= need {
+            *st = (tokens - need, now);
+            Ok(())
+        } else {
+            *st = (tokens, now);
+            Err(Refusal::RateLimited {
+                rate: self.rate,
+                retry_after: Duration::from_secs_f64(((need - tokens) / rate).max(0.05)),
+            })
+        }
+    }
+}
+
 /// Extraction plus the live engine: what every receiver calls.
 pub struct Pipeline {
     pub extractor: Extractor,
     pub engine: Arc<Engine>,
+    rate: Option<RateLimit>,
+    max_spans_per_batch: usize,
 }
 
 impl Pipeline {
+    /// `max_spans_per_second` 0 means unlimited.
+    pub fn new(
+        extractor: Extractor,
+        engine: Arc<Engine>,
+        max_spans_per_second: u64,
+        max_spans_per_batch: usize,
+    ) -> Pipeline {
+        Pipeline {
+            extractor,
+            engine,
+            rate: (max_spans_per_second > 0).then(|| RateLimit {
+                rate: max_spans_per_second,
+                state: Mutex::new((max_spans_per_second as f64, tokio::time::Instant::now())),
+            }),
+            max_spans_per_batch,
+        }
+    }
+
     /// Extracts and joins every span of a request.
     ///
     /// # Errors
-    /// [`Refusal`] when the engine cannot take the batch now; nothing of it
-    /// was applied and the client should retry.
+    /// [`Refusal`] when the request is refused as a whole; nothing of it was
+    /// applied ([`Refusal::retryable`] tells whether a retry can succeed).
     pub fn handle(
         &self,
         req: &ExportTraceServiceRequest,
     ) -> Result<ExportTraceServiceResponse, Refusal> {
-        let mut items = Vec::new();
+        let spans: usize = req
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        let counters = &self.engine.counters;
+        let refuse = |r: Refusal| {
+            counters
+                .spans_refused
+                .fetch_add(spans as u64, Ordering::Relaxed);
+            r
+        };
+        if spans > self.max_spans_per_batch {
+            return Err(refuse(Refusal::TooManySpans {
+                spans,
+                max: self.max_spans_per_batch,
+            }));
+        }
+        if let Some(rl) = &self.rate {
+            rl.take(spans).map_err(refuse)?;
+        }
+        let mut items = Vec::with_capacity(spans);
         self.extractor.request(req, |e| items.push(e));
         let now = Now::system(tokio::time::Instant::now().into_std());
         let out = self.engine.ingest(items, now)?;
-        let partial_success = (!out.rejected.is_empty()).then(|| {
+        let n = out.rejected.len() + out.limited.len();
+        let partial_success = (n > 0).then(|| {
             let mut msg: Vec<String> = out
                 .rejected
                 .iter()
-                .take(MAX_REASONS)
                 .map(ToString::to_string)
+                .chain(out.limited.iter().cloned())
+                .take(MAX_REASONS)
                 .collect();
-            if out.rejected.len() > MAX_REASONS {
-                msg.push(format!("and {} more", out.rejected.len() - MAX_REASONS));
+            if n > MAX_REASONS {
+                msg.push(format!("and {} more", n - MAX_REASONS));
             }
             ExportTracePartialSuccess {
-                rejected_spans: out.rejected.len() as i64,
+                rejected_spans: n as i64,
                 error_message: msg.join("; "),
             }
         });
