@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// … for at most this long.
     #[arg(long, env = "TPSGAP_KEEP_FINAL_FOR", default_value = "1h", value_parser = parse_duration)]
     pub keep_final_for: Duration,
+    /// File holding a bearer token: every OTLP and API request must send
+    /// `authorization: Bearer <token>` (none by default).
+    #[arg(long, env = "TPSGAP_AUTH_TOKEN_FILE", value_name = "FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
     /// OTLP export requests that may wait while the endpoint is down; past
     /// this the oldest are dropped and counted.
     #[arg(long, env = "TPSGAP_EXPORT_BUFFER", default_value_t = 1024)]
@@ -137,6 +141,7 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
             },
             otlp_endpoint: a.otlp_endpoint.clone(),
             preset: a.preset,
+            auth_token_file: a.auth_token_file.clone(),
             max_message: a.max_message_bytes,
             max_spans_per_second: a.max_spans_per_second,
             max_spans_per_batch: a.max_spans_per_batch,

@@ -14,6 +14,7 @@
 //! - [`live`]: the live engine: watermarks, final windows, idle runs.
 //! - [`ingest`]: OTLP/gRPC and OTLP/HTTP receivers around one `handle()`.
 //! - [`export`]: OTLP metrics and gap spans, Prometheus, the JSON API.
+//! - [`auth`]: optional bearer-token authentication.
 //! - [`serve`]: wires them into `tpsgap serve` with staged shutdown.
 //! - [`sim`]: the discrete-event pipeline simulator behind `simulate` and `demo`.
 //! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
@@ -26,6 +27,7 @@
 //! `extract`, `join` and `window` do no I/O and never read the clock, so the
 //! offline analyzer and the live service run the very same code.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod export;

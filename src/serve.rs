@@ -25,6 +25,8 @@ pub struct ServeConfig {
     pub attributes: AttributeNames,
     /// Read spans of existing instrumentation instead of tpsgap's attributes.
     pub preset: Option<crate::extract::Preset>,
+    /// A file with the bearer token every receiver and API request must carry.
+    pub auth_token_file: Option<std::path::PathBuf>,
     /// Where derived metrics and gap spans are pushed (OTLP/gRPC), if anywhere.
     pub otlp_endpoint: Option<String>,
     /// Largest accepted OTLP message, bytes (default 64 MiB).
@@ -49,6 +51,7 @@ impl Default for ServeConfig {
             live: LiveConfig::default(),
             attributes: AttributeNames::default(),
             preset: None,
+            auth_token_file: None,
             otlp_endpoint: None,
             max_message: 64 << 20,
             max_spans_per_second: 0,
@@ -71,6 +74,8 @@ pub struct Listeners {
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("--auth-token-file {0}")]
+    Auth(String),
     #[error("OTLP exporter: {0}")]
     Exporter(String),
     #[error("{0} server: {1}")]
@@ -109,6 +114,12 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let token = cfg
+        .auth_token_file
+        .as_deref()
+        .map(crate::auth::Token::from_file)
+        .transpose()
+        .map_err(ServeError::Auth)?;
     let engine = Arc::new(Engine::new(cfg.live.clone()));
     let export_counters = Arc::new(ExportCounters::default());
     let prom = Arc::new(PromMetrics::new(engine.clone(), export_counters.clone()));
@@ -147,7 +158,11 @@ pub async fn run(
 
     let grpc_server = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
-        .add_service(grpc::service(pipeline.clone(), cfg.max_message))
+        .add_service(grpc::service(
+            pipeline.clone(),
+            cfg.max_message,
+            token.clone(),
+        ))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listeners.grpc),
             wait(stop_rx.clone()),
@@ -156,7 +171,7 @@ pub async fn run(
     let http_task = tokio::spawn(
         axum::serve(
             listeners.http,
-            http::router(pipeline.clone(), cfg.max_message),
+            http::router(pipeline.clone(), cfg.max_message, token.clone()),
         )
         .with_graceful_shutdown(wait(stop_rx.clone()))
         .into_future(),
@@ -164,10 +179,13 @@ pub async fn run(
     let api_task = tokio::spawn(
         axum::serve(
             listeners.api,
-            api::router(ApiState {
-                engine: engine.clone(),
-                prom,
-            }),
+            api::router(
+                ApiState {
+                    engine: engine.clone(),
+                    prom,
+                },
+                token,
+            ),
         )
         .with_graceful_shutdown(wait(stop_api))
         .into_future(),

@@ -39,8 +39,9 @@ struct ApiError {
     error: String,
 }
 
-/// The API router.
-pub fn router(state: ApiState) -> Router {
+/// The API router (read-only; behind the bearer-token check when a token
+/// is set).
+pub fn router(state: ApiState, token: Option<crate::auth::Token>) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/runs/{run_id}", get(run_page))
@@ -49,6 +50,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/runs/{run_id}", get(run))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::auth::require,
+        ))
         .with_state(state)
 }
 

@@ -13,7 +13,9 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::Pipeline;
+use crate::auth::{GrpcAuth, Token};
 use crate::live::Refusal;
+use tonic::service::interceptor::InterceptedService;
 
 /// The gRPC receiver.
 pub struct GrpcReceiver {
@@ -45,11 +47,17 @@ impl TraceService for GrpcReceiver {
     }
 }
 
-/// The tonic service: gzip and zstd accepted, `max_message` bytes at most.
-pub fn service(pipeline: Arc<Pipeline>, max_message: usize) -> TraceServiceServer<GrpcReceiver> {
-    TraceServiceServer::new(GrpcReceiver { pipeline })
+/// The tonic service: gzip and zstd accepted, `max_message` bytes at most,
+/// behind the bearer-token check when a token is set.
+pub fn service(
+    pipeline: Arc<Pipeline>,
+    max_message: usize,
+    token: Option<Token>,
+) -> InterceptedService<TraceServiceServer<GrpcReceiver>, GrpcAuth> {
+    let svc = TraceServiceServer::new(GrpcReceiver { pipeline })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message)
+        .max_decoding_message_size(max_message);
+    InterceptedService::new(svc, GrpcAuth(token))
 }

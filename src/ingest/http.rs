@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::Pipeline;
+use crate::auth::Token;
 use crate::live::Refusal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,11 +95,16 @@ fn error_response(e: &HttpError, enc: Encoding) -> Response {
     resp
 }
 
-/// The router serving `POST /v1/traces`.
-pub fn router(pipeline: Arc<Pipeline>, max_message: usize) -> Router {
+/// The router serving `POST /v1/traces` (behind the bearer-token check
+/// when a token is set).
+pub fn router(pipeline: Arc<Pipeline>, max_message: usize, token: Option<Token>) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            token,
+            crate::auth::require,
+        ))
         .with_state(HttpState {
             pipeline,
             max_message,
