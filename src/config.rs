@@ -121,6 +121,31 @@ pub struct ServeArgs {
     /// `authorization: Bearer <token>` (none by default).
     #[arg(long, env = "TPSGAP_AUTH_TOKEN_FILE", value_name = "FILE")]
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// TLS certificate chain (PEM) for the receivers and the API; with
+    /// --tls-key, they speak TLS only.
+    #[arg(
+        long,
+        env = "TPSGAP_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(
+        long,
+        env = "TPSGAP_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA (PEM) that client certificates must chain to (mTLS); needs --tls-cert.
+    #[arg(
+        long,
+        env = "TPSGAP_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<std::path::PathBuf>,
     /// OTLP export requests that may wait while the endpoint is down; past
     /// this the oldest are dropped and counted.
     #[arg(long, env = "TPSGAP_EXPORT_BUFFER", default_value_t = 1024)]
@@ -142,6 +167,14 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
             otlp_endpoint: a.otlp_endpoint.clone(),
             preset: a.preset,
             auth_token_file: a.auth_token_file.clone(),
+            tls: match (&a.tls_cert, &a.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: a.tls_client_ca.clone(),
+                }),
+                _ => None,
+            },
             max_message: a.max_message_bytes,
             max_spans_per_second: a.max_spans_per_second,
             max_spans_per_batch: a.max_spans_per_batch,

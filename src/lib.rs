@@ -14,7 +14,7 @@
 //! - [`live`]: the live engine: watermarks, final windows, idle runs.
 //! - [`ingest`]: OTLP/gRPC and OTLP/HTTP receivers around one `handle()`.
 //! - [`export`]: OTLP metrics and gap spans, Prometheus, the JSON API.
-//! - [`auth`]: optional bearer-token authentication.
+//! - [`auth`], [`tls`]: optional bearer-token authentication and TLS/mTLS.
 //! - [`serve`]: wires them into `tpsgap serve` with staged shutdown.
 //! - [`sim`]: the discrete-event pipeline simulator behind `simulate` and `demo`.
 //! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
@@ -42,4 +42,5 @@ pub mod report;
 pub mod serve;
 pub mod sim;
 pub mod testutil;
+pub mod tls;
 pub mod window;

@@ -27,6 +27,8 @@ pub struct ServeConfig {
     pub preset: Option<crate::extract::Preset>,
     /// A file with the bearer token every receiver and API request must carry.
     pub auth_token_file: Option<std::path::PathBuf>,
+    /// TLS for the receivers and the API (none: plain TCP).
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Where derived metrics and gap spans are pushed (OTLP/gRPC), if anywhere.
     pub otlp_endpoint: Option<String>,
     /// Largest accepted OTLP message, bytes (default 64 MiB).
@@ -52,6 +54,7 @@ impl Default for ServeConfig {
             attributes: AttributeNames::default(),
             preset: None,
             auth_token_file: None,
+            tls: None,
             otlp_endpoint: None,
             max_message: 64 << 20,
             max_spans_per_second: 0,
@@ -74,6 +77,8 @@ pub struct Listeners {
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("--auth-token-file {0}")]
     Auth(String),
     #[error("OTLP exporter: {0}")]
@@ -103,6 +108,31 @@ impl Sinks {
 
 fn now() -> Now {
     Now::system(tokio::time::Instant::now().into_std())
+}
+
+/// Serves an axum router on a listener, over TLS when configured.
+fn spawn_http(
+    listener: TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>, ServeError> {
+    Ok(match tls {
+        Some(cfg) => {
+            let l = crate::tls::TlsListener::new(listener, cfg)
+                .map_err(|e| ServeError::Tls(e.to_string()))?;
+            tokio::spawn(
+                axum::serve(l, router)
+                    .with_graceful_shutdown(shutdown)
+                    .into_future(),
+            )
+        }
+        None => tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .into_future(),
+        ),
+    })
 }
 
 /// Runs the service until `shutdown` completes, then shuts down in stages.
@@ -156,8 +186,15 @@ pub async fn run(
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let grpc_server = tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(true))
+    let mut builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
+    let mut rustls = None;
+    if let Some(t) = &cfg.tls {
+        builder = builder
+            .tls_config(t.tonic().map_err(ServeError::Tls)?)
+            .map_err(|e| ServeError::Tls(e.to_string()))?;
+        rustls = Some(t.rustls().map_err(ServeError::Tls)?);
+    }
+    let grpc_server = builder
         .add_service(grpc::service(
             pipeline.clone(),
             cfg.max_message,
@@ -168,28 +205,21 @@ pub async fn run(
             wait(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(
-        axum::serve(
-            listeners.http,
-            http::router(pipeline.clone(), cfg.max_message, token.clone()),
-        )
-        .with_graceful_shutdown(wait(stop_rx.clone()))
-        .into_future(),
+    let http_router = http::router(pipeline.clone(), cfg.max_message, token.clone());
+    let http_task = spawn_http(
+        listeners.http,
+        rustls.clone(),
+        http_router,
+        wait(stop_rx.clone()),
+    )?;
+    let api_router = api::router(
+        ApiState {
+            engine: engine.clone(),
+            prom,
+        },
+        token,
     );
-    let api_task = tokio::spawn(
-        axum::serve(
-            listeners.api,
-            api::router(
-                ApiState {
-                    engine: engine.clone(),
-                    prom,
-                },
-                token,
-            ),
-        )
-        .with_graceful_shutdown(wait(stop_api))
-        .into_future(),
-    );
+    let api_task = spawn_http(listeners.api, rustls, api_router, wait(stop_api))?;
 
     let mut ticker = tokio::time::interval(cfg.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -41,7 +41,10 @@ def main() -> int:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
         from opentelemetry.exporter.otlp.proto.grpc.exporter import Compression
 
-        exporter = OTLPSpanExporter(endpoint=args.endpoint, insecure=True, compression=Compression.Gzip)
+        # https endpoints use TLS, with certificates from OTEL_EXPORTER_OTLP_CERTIFICATE,
+        # OTEL_EXPORTER_OTLP_CLIENT_KEY and OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.
+        insecure = {"insecure": True} if args.endpoint.startswith("http://") else {}
+        exporter = OTLPSpanExporter(endpoint=args.endpoint, compression=Compression.Gzip, **insecure)
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.exporter.otlp.proto.http import Compression
