@@ -146,6 +146,13 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<std::path::PathBuf>,
+    /// Directory of the write-ahead log: accepted requests are durable
+    /// before they are acknowledged, and a restart resumes every live run.
+    #[arg(long, env = "TPSGAP_WAL_DIR", value_name = "DIR")]
+    pub wal_dir: Option<std::path::PathBuf>,
+    /// How often the state is checkpointed and the log truncated (with --wal-dir).
+    #[arg(long, env = "TPSGAP_CHECKPOINT_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
     /// OTLP export requests that may wait while the endpoint is down; past
     /// this the oldest are dropped and counted.
     #[arg(long, env = "TPSGAP_EXPORT_BUFFER", default_value_t = 1024)]
@@ -167,6 +174,8 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
             otlp_endpoint: a.otlp_endpoint.clone(),
             preset: a.preset,
             auth_token_file: a.auth_token_file.clone(),
+            wal_dir: a.wal_dir.clone(),
+            checkpoint_interval: a.checkpoint_interval,
             tls: match (&a.tls_cert, &a.tls_key) {
                 (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
                     cert: cert.clone(),

@@ -16,7 +16,7 @@ use crate::report::{Report, RunReport};
 use crate::window::{compute_run, CapPoint, Profile, TimelinePoint, WindowConfig};
 
 /// The joined state of one run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
     pub requests: HashMap<String, Request>,
     /// Cap observations in receive order, without duplicates.

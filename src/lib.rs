@@ -15,6 +15,7 @@
 //! - [`ingest`]: OTLP/gRPC and OTLP/HTTP receivers around one `handle()`.
 //! - [`export`]: OTLP metrics and gap spans, Prometheus, the JSON API.
 //! - [`auth`], [`tls`]: optional bearer-token authentication and TLS/mTLS.
+//! - [`wal`]: the write-ahead log and checkpoints of `--wal-dir`.
 //! - [`serve`]: wires them into `tpsgap serve` with staged shutdown.
 //! - [`sim`]: the discrete-event pipeline simulator behind `simulate` and `demo`.
 //! - [`input`]: reads OTLP exports from files (JSON lines, protobuf).
@@ -43,4 +44,5 @@ pub mod serve;
 pub mod sim;
 pub mod testutil;
 pub mod tls;
+pub mod wal;
 pub mod window;

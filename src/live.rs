@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::export::web::TIMELINE_COLUMNS;
 use crate::extract::{Extracted, Rejection};
@@ -95,6 +95,10 @@ pub enum Refusal {
         "over the ingest rate of {rate} spans/s (--max-spans-per-second); retry in {retry_after:?}"
     )]
     RateLimited { rate: u64, retry_after: Duration },
+    /// Retryable: the request was applied but could not be made durable in
+    /// the write-ahead log; it is not acknowledged.
+    #[error("write-ahead log: {0}; retry")]
+    NotDurable(String),
     /// Not retryable: more spans in one request than `--max-spans-per-batch`.
     #[error(
         "{spans} spans in one request, at most {max} (--max-spans-per-batch); send smaller batches"
@@ -128,9 +132,12 @@ pub struct IngestOutcome {
     pub late: u64,
 }
 
+#[derive(Clone, Serialize, Deserialize)]
 struct LiveRun {
     join: RunState,
     first_seen_unix_ns: Nanos,
+    /// Restored runs count as just seen.
+    #[serde(skip, default = "Instant::now")]
     last_span: Instant,
     /// The first window / step slice not yet final (`None` before the first
     /// computation).
@@ -145,10 +152,30 @@ struct LiveRun {
 }
 
 /// A finished run kept for the API.
+#[derive(Clone, Serialize, Deserialize)]
 struct FinalRun {
     report: RunReport,
     timeline: Vec<TimelinePoint>,
+    #[serde(skip, default = "Instant::now")]
     at: Instant,
+}
+
+/// The engine's state as a value: what a checkpoint writes and a restart
+/// restores (live runs with their export progress, and the finished runs).
+#[derive(Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    runs: Vec<(String, LiveRun)>,
+    finals: Vec<(String, FinalRun)>,
+}
+
+impl EngineSnapshot {
+    /// A snapshot of an engine with no runs.
+    pub fn empty() -> EngineSnapshot {
+        EngineSnapshot {
+            runs: Vec::new(),
+            finals: Vec::new(),
+        }
+    }
 }
 
 /// The measures of one final step slice `[k·S, (k+1)·S)` ∩ active range.
@@ -266,6 +293,34 @@ impl Engine {
             runs: DashMap::new(),
             finals: Mutex::new(VecDeque::new()),
             counters: EngineCounters::default(),
+        }
+    }
+
+    /// A copy of the state (each run is locked only while it is copied).
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
+        let runs = ids
+            .into_iter()
+            .filter_map(|id| {
+                let r = self.runs.get(&id)?.clone();
+                Some((id, r))
+            })
+            .collect();
+        let finals = self
+            .finals
+            .lock()
+            .map(|f| f.iter().cloned().collect())
+            .unwrap_or_default();
+        EngineSnapshot { runs, finals }
+    }
+
+    /// Restores a snapshot into an empty engine.
+    pub fn restore(&self, snap: EngineSnapshot) {
+        for (id, run) in snap.runs {
+            self.runs.insert(id, run);
+        }
+        if let Ok(mut f) = self.finals.lock() {
+            f.extend(snap.finals);
         }
     }
 

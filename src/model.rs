@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// Unix time in nanoseconds.
 pub type Nanos = i64;
 
@@ -64,7 +66,7 @@ impl Stamp {
 }
 
 /// The five timestamps of a request, each optional.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamps(pub [Option<Nanos>; 5]);
 
 impl Stamps {
@@ -101,7 +103,9 @@ impl Stamps {
 
 /// Trace context of the span that carried an observation (for exemplars,
 /// links and `request_id` fallback).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct SpanRef {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
@@ -130,7 +134,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// A cap observation: `value` observed on a span; its time is resolved
 /// against the merged request when the run is computed (SPEC §1: admitted_at,
 /// else queued_at, else released_at, else the span's start).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CapObservation {
     pub value: u32,
     /// The request the span named explicitly, if any.
@@ -176,7 +180,7 @@ impl Observation {
 }
 
 /// A request as joined from all its observations.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     pub stamps: Stamps,
     pub output_tokens: Option<u64>,

@@ -17,6 +17,9 @@ use crate::export::prom::{ExportCounters, PromMetrics};
 use crate::extract::{AttributeNames, Extractor};
 use crate::ingest::{grpc, http, Pipeline};
 use crate::live::{Engine, LiveConfig, Now, RunOutput};
+use crate::wal::Wal;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 
 /// Validated settings of the service.
 #[derive(Clone, Debug)]
@@ -29,6 +32,10 @@ pub struct ServeConfig {
     pub auth_token_file: Option<std::path::PathBuf>,
     /// TLS for the receivers and the API (none: plain TCP).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The write-ahead log's directory (none: no log).
+    pub wal_dir: Option<std::path::PathBuf>,
+    /// How often the engine's state is checkpointed and the log truncated.
+    pub checkpoint_interval: Duration,
     /// Where derived metrics and gap spans are pushed (OTLP/gRPC), if anywhere.
     pub otlp_endpoint: Option<String>,
     /// Largest accepted OTLP message, bytes (default 64 MiB).
@@ -55,6 +62,8 @@ impl Default for ServeConfig {
             preset: None,
             auth_token_file: None,
             tls: None,
+            wal_dir: None,
+            checkpoint_interval: Duration::from_secs(60),
             otlp_endpoint: None,
             max_message: 64 << 20,
             max_spans_per_second: 0,
@@ -77,6 +86,8 @@ pub struct Listeners {
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("--wal-dir {0}")]
+    Wal(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("--auth-token-file {0}")]
@@ -172,13 +183,38 @@ pub async fn run(
         prom: prom.clone(),
         pusher,
     };
-    let pipeline = Arc::new(Pipeline::new(
+    let mut pipeline = Pipeline::new(
         Extractor::with_preset(cfg.preset, &cfg.attributes)
             .max_attribute_length(cfg.max_attribute_length),
         engine.clone(),
         cfg.max_spans_per_second,
         cfg.max_spans_per_batch,
-    ));
+    );
+    if let Some(dir) = &cfg.wal_dir {
+        let (wal, rec) =
+            Wal::open(dir).map_err(|e| ServeError::Wal(format!("{}: {e}", dir.display())))?;
+        let restored = rec.snapshot.is_some();
+        if let Some(snap) = rec.snapshot {
+            engine.restore(snap);
+        }
+        for bytes in &rec.records {
+            match ExportTraceServiceRequest::decode(&bytes[..]) {
+                Ok(req) => pipeline.replay(&req),
+                Err(e) => tracing::warn!(error = %e, "undecodable write-ahead log record skipped"),
+            }
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            checkpoint = restored,
+            replayed = rec.records.len(),
+            torn = rec.torn,
+            live_runs = engine.live_runs(),
+            "write-ahead log recovered"
+        );
+        pipeline.wal = Some(wal);
+    }
+    let wal = pipeline.wal.clone();
+    let pipeline = Arc::new(pipeline);
 
     let (stop_rx_tx, stop_rx) = watch::channel(false);
     let (stop_api_tx, stop_api) = watch::channel(false);
@@ -223,11 +259,21 @@ pub async fn run(
 
     let mut ticker = tokio::time::interval(cfg.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checkpoints = tokio::time::interval(cfg.checkpoint_interval);
+    checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    checkpoints.reset();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = ticker.tick() => sinks.dispatch(engine.tick(now(), false)),
+            _ = checkpoints.tick(), if wal.is_some() => {
+                if let Some(w) = &wal {
+                    if let Err(e) = w.checkpoint(|| engine.snapshot()).await {
+                        tracing::error!(error = %e, "checkpoint failed");
+                    }
+                }
+            }
         }
     }
 
@@ -236,8 +282,17 @@ pub async fn run(
     let d = cfg.stage_deadline;
     let grpc_res = tokio::time::timeout(d, grpc_task).await;
     let http_res = tokio::time::timeout(d, http_task).await;
-    tracing::info!("finalizing every run");
-    sinks.dispatch(engine.tick(now(), true));
+    if let Some(w) = &wal {
+        // With a write-ahead log, live runs stay live: a restart resumes them.
+        tracing::info!("exporting what is final, then checkpointing");
+        sinks.dispatch(engine.tick(now(), false));
+        if let Err(e) = w.checkpoint(|| engine.snapshot()).await {
+            tracing::error!(error = %e, "checkpoint failed");
+        }
+    } else {
+        tracing::info!("finalizing every run");
+        sinks.dispatch(engine.tick(now(), true));
+    }
     if let Some(p) = sinks.pusher {
         tracing::info!("flushing the OTLP exporter");
         drop(p.tx);

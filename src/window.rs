@@ -382,7 +382,7 @@ impl Profile {
 }
 
 /// One column of a run's timeline: time averages over `[start, end)`.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TimelinePoint {
     pub start: Nanos,
     pub end: Nanos,

@@ -42,6 +42,7 @@ impl TraceService for GrpcReceiver {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         self.pipeline
             .handle(request.get_ref())
+            .await
             .map(Response::new)
             .map_err(status)
     }

@@ -171,7 +171,7 @@ async fn traces(State(s): State<HttpState>, req: axum::extract::Request) -> Resp
         Ok(b) => b,
         Err(_) => return error_response(&HttpError::TooLarge(s.max_message), enc),
     };
-    match export(&s, &headers, body, enc) {
+    match export(&s, &headers, body, enc).await {
         Ok(resp) => {
             let body = match enc {
                 Encoding::Protobuf => resp.encode_to_vec(),
@@ -190,7 +190,7 @@ async fn traces(State(s): State<HttpState>, req: axum::extract::Request) -> Resp
     }
 }
 
-fn export(
+async fn export(
     s: &HttpState,
     headers: &HeaderMap,
     body: Bytes,
@@ -204,5 +204,5 @@ fn export(
         Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
             .map_err(|e| HttpError::Undecodable(e.to_string()))?,
     };
-    Ok(s.pipeline.handle(&req)?)
+    Ok(s.pipeline.handle(&req).await?)
 }

@@ -55,6 +55,8 @@ pub struct Pipeline {
     pub engine: Arc<Engine>,
     rate: Option<RateLimit>,
     max_spans_per_batch: usize,
+    /// When set, accepted requests are durable before they are acknowledged.
+    pub wal: Option<crate::wal::Wal>,
 }
 
 impl Pipeline {
@@ -73,6 +75,18 @@ impl Pipeline {
                 state: Mutex::new((max_spans_per_second as f64, tokio::time::Instant::now())),
             }),
             max_spans_per_batch,
+            wal: None,
+        }
+    }
+
+    /// Applies a request read back from the write-ahead log (no limits, no
+    /// logging).
+    pub fn replay(&self, req: &ExportTraceServiceRequest) {
+        let mut items = Vec::new();
+        self.extractor.request(req, |e| items.push(e));
+        let now = Now::system(tokio::time::Instant::now().into_std());
+        if let Err(e) = self.engine.ingest(items, now) {
+            tracing::warn!(error = %e, "replayed request refused");
         }
     }
 
@@ -81,7 +95,7 @@ impl Pipeline {
     /// # Errors
     /// [`Refusal`] when the request is refused as a whole; nothing of it was
     /// applied ([`Refusal::retryable`] tells whether a retry can succeed).
-    pub fn handle(
+    pub async fn handle(
         &self,
         req: &ExportTraceServiceRequest,
     ) -> Result<ExportTraceServiceResponse, Refusal> {
@@ -111,6 +125,11 @@ impl Pipeline {
         self.extractor.request(req, |e| items.push(e));
         let now = Now::system(tokio::time::Instant::now().into_std());
         let out = self.engine.ingest(items, now)?;
+        if let (Some(wal), true) = (&self.wal, out.accepted > 0) {
+            wal.append(prost::Message::encode_to_vec(req))
+                .await
+                .map_err(|e| Refusal::NotDurable(e.to_string()))?;
+        }
         let n = out.rejected.len() + out.limited.len();
         let partial_success = (n > 0).then(|| {
             let mut msg: Vec<String> = out
