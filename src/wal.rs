@@ -293,7 +293,7 @@ mod tests {
         assert_eq!(rec.torn, 1);
         wal.append(vec![7; 10]).await.unwrap();
         // A checkpoint covers everything logged so far.
-        wal.checkpoint(|| EngineSnapshot::empty()).await.unwrap();
+        wal.checkpoint(EngineSnapshot::empty).await.unwrap();
         wal.append(vec![8; 10]).await.unwrap();
         drop(wal);
         let (_, rec) = Wal::open(&dir).unwrap();
