@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v chromium >/dev/null || need_apt+=(chromium)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -32,6 +34,10 @@ done
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+# The soak script, short: sustained load with RSS staying flat.
+cargo build --locked --bin tpsgap
+BIN=target/debug/tpsgap scripts/soak.sh 20
+
 # --all-targets also runs each benchmark once, small, to prove it still
 # works (the figures are in BENCHMARKS.md).
 cargo test --all-targets --locked
