@@ -19,6 +19,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The longest window, step or lateness accepted (30 days): far from the
+/// overflow of nanosecond arithmetic, far beyond any useful window.
+pub const MAX_SPAN: Duration = Duration::from_secs(30 * 86_400);
+
+/// A duration from 0 to [`MAX_SPAN`].
+///
+/// # Errors
+/// When the text is not a duration or is longer than 30 days.
+pub fn parse_bounded(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d > MAX_SPAN {
+        return Err(format!("{s:?}: at most 30 days"));
+    }
+    Ok(d)
+}
+
+/// A duration above 0 and at most [`MAX_SPAN`].
+///
+/// # Errors
+/// When the text is not a duration, is zero, or is longer than 30 days.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    parse_bounded(s)?;
+    Ok(d)
+}
+
 /// Nanoseconds of a duration, saturating at `i64::MAX`.
 pub fn nanos(d: Duration) -> Nanos {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
@@ -28,10 +54,10 @@ pub fn nanos(d: Duration) -> Nanos {
 #[derive(Args, Clone, Debug)]
 pub struct WindowArgs {
     /// Window length W (windows are [k·S, k·S + W), aligned to the Unix epoch).
-    #[arg(long, env = "TPSGAP_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "TPSGAP_WINDOW", default_value = "60s", value_parser = parse_window)]
     pub window: Duration,
     /// Window step S.
-    #[arg(long, env = "TPSGAP_STEP", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "TPSGAP_STEP", default_value = "10s", value_parser = parse_window)]
     pub step: Duration,
     /// Concurrency cap used when no span carries a `cap` attribute; without
     /// either, gap metrics and utilization are null.
@@ -39,7 +65,7 @@ pub struct WindowArgs {
     pub default_cap: Option<u32>,
     /// Refill threshold T: a slot left free longer than this while requests
     /// wait is a `stall`, a shorter handoff a `refill`.
-    #[arg(long, env = "TPSGAP_REFILL_THRESHOLD", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TPSGAP_REFILL_THRESHOLD", default_value = "100ms", value_parser = parse_bounded)]
     pub refill_threshold: Duration,
 }
 
@@ -83,7 +109,7 @@ pub struct ServeArgs {
     pub preset: Option<crate::extract::Preset>,
     /// Allowed lateness L: a window is final once the largest timestamp seen
     /// in its run is L past its end.
-    #[arg(long, env = "TPSGAP_LATENESS", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "TPSGAP_LATENESS", default_value = "60s", value_parser = parse_bounded)]
     pub lateness: Duration,
     /// A run without a span for this long (wall clock) is finalized.
     #[arg(long, env = "TPSGAP_RUN_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]

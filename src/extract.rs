@@ -384,7 +384,7 @@ impl Extractor {
         let mut o = Observation {
             run_id,
             span: span_ref,
-            span_start: clamp_u64(span.start_time_unix_nano),
+            span_start: clamp_u64(span.start_time_unix_nano).min(MAX_TIMESTAMP),
             ..Observation::default()
         };
         for s in Stamp::ALL {
@@ -398,11 +398,12 @@ impl Extractor {
         for ev in &span.events {
             if let Some(&s) = self.events.get(ev.name.as_str()) {
                 if o.stamps.get(s).is_none() {
-                    match i64::try_from(ev.time_unix_nano) {
+                    match i64::try_from(ev.time_unix_nano)
+                        .map_err(|e| e.to_string())
+                        .and_then(in_range)
+                    {
                         Ok(t) => o.stamps.set(s, t),
-                        Err(_) => {
-                            return reject(&ev.name, "event time is out of range".to_string())
-                        }
+                        Err(e) => return reject(&ev.name, format!("event time: {e}")),
                     }
                 }
             }
@@ -410,6 +411,12 @@ impl Extractor {
         if let Some(p) = self.preset {
             if let Err((k, e)) = derive_stamps(p, span, &mut o) {
                 return reject(&k, e);
+            }
+            if let Some(t) = o.stamps.0.iter().flatten().find(|t| in_range(**t).is_err()) {
+                return reject(
+                    "(span times)",
+                    format!("derived {}", in_range(*t).err().unwrap_or_default()),
+                );
             }
         }
         match found[Field::Request.slot()] {
@@ -578,11 +585,27 @@ fn describe(v: &Option<Value>) -> &'static str {
 /// A human-readable reason when the value is not a timestamp or is outside
 /// the range of `i64` nanoseconds (years 1677–2262).
 pub fn parse_timestamp(v: &AnyValue) -> Result<Nanos, String> {
-    match &v.value {
+    let t = match &v.value {
         Some(Value::IntValue(i)) => int_timestamp(*i),
         Some(Value::DoubleValue(d)) => double_seconds(*d),
         Some(Value::StringValue(s)) => string_timestamp(s),
         other => Err(format!("expected a timestamp, got {}", describe(other))),
+    }?;
+    in_range(t)
+}
+
+/// 2200-01-01T00:00:00Z: timestamps are accepted from the Unix epoch up to
+/// here, which leaves the window arithmetic far from `i64` overflow.
+pub const MAX_TIMESTAMP: Nanos = 7_258_118_400 * NANOS_PER_SEC;
+
+/// A timestamp inside 1970–2200, or why not.
+pub fn in_range(t: Nanos) -> Result<Nanos, String> {
+    if (0..MAX_TIMESTAMP).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!(
+            "timestamp {t} ns is outside 1970-01-01 to 2200-01-01"
+        ))
     }
 }
 
@@ -744,6 +767,14 @@ mod tests {
         );
         // 9.3e10 seconds is beyond year 2262: out of range, not a panic.
         assert!(int_timestamp(93_000_000_000).is_err());
+        // Accepted timestamps lie in 1970–2200.
+        assert!(parse_timestamp(&int(9_000_000_000)).is_err(), "year 2255");
+        assert!(parse_timestamp(&int(-1)).is_err(), "before 1970");
+        assert!(parse_timestamp(&int(i64::MAX)).is_err());
+        assert!(parse_timestamp(&int(i64::MIN)).is_err());
+        assert_eq!(parse_timestamp(&int(0)), Ok(0));
+        assert!(parse_timestamp(&st("2200-01-01T00:00:00Z")).is_err());
+        assert!(parse_timestamp(&st("2199-12-31T23:59:59Z")).is_ok());
     }
 
     #[test]
