@@ -43,33 +43,8 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 fn exported_names() -> std::collections::BTreeSet<String> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let bind = || async {
-            tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind")
-        };
-        let (g, h, a) = (bind().await, bind().await, bind().await);
-        let (http, api) = (h.local_addr().expect("a"), a.local_addr().expect("a"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let cfg = tpsgap::serve::ServeConfig {
-            live: tpsgap::live::LiveConfig {
-                idle_timeout: std::time::Duration::from_secs(1),
-                ..Default::default()
-            },
-            tick: std::time::Duration::from_millis(50),
-            ..Default::default()
-        };
-        let task = tokio::spawn(tpsgap::serve::run(
-            cfg,
-            tpsgap::serve::Listeners {
-                grpc: g,
-                http: h,
-                api: a,
-            },
-            async {
-                let _ = rx.await;
-            },
-        ));
+        let server = common::TestServer::start(common::example_config()).await;
+        let (http, api) = (server.http, server.api);
         let text = tokio::task::spawn_blocking(move || {
             for f in [
                 "examples/small.jsonl",
@@ -93,8 +68,7 @@ fn exported_names() -> std::collections::BTreeSet<String> {
         })
         .await
         .expect("scrape");
-        let _ = tx.send(());
-        task.await.expect("join").expect("clean");
+        server.stop().await;
         text.lines()
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .filter_map(|l| l.split(['{', ' ']).next())

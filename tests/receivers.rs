@@ -7,69 +7,24 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{header, http_post};
+use common::{header, http_post, sample, TestServer};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tpsgap::live::LiveConfig;
 use tpsgap::model::Stamp;
-use tpsgap::serve::{self, Listeners, ServeConfig};
+use tpsgap::serve::ServeConfig;
 use tpsgap::testutil::{export, kv_int, kv_str, request_span};
 use tpsgap::window::WindowConfig;
 
 const T0: i64 = 1_800_000_000_000_000_000;
 const SEC: i64 = 1_000_000_000;
 
-struct Server {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    api: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
-}
-
-async fn start(cfg: ServeConfig) -> Server {
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-    let (g, h, a) = (bind().await, bind().await, bind().await);
-    let addrs = (
-        g.local_addr().expect("addr"),
-        h.local_addr().expect("addr"),
-        a.local_addr().expect("addr"),
-    );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve::run(
-        cfg,
-        Listeners {
-            grpc: g,
-            http: h,
-            api: a,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
-    Server {
-        grpc: addrs.0,
-        http: addrs.1,
-        api: addrs.2,
-        stop: tx,
-        task,
-    }
-}
-
-impl Server {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let r = tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("stops")
-            .expect("join");
-        r.expect("clean stop");
-    }
+async fn start(cfg: ServeConfig) -> TestServer {
+    TestServer::start(cfg).await
 }
 
 fn good_and_bad() -> ExportTraceServiceRequest {
@@ -408,12 +363,7 @@ async fn limits_give_specific_answers() {
     })
     .await
     .expect("scrape");
-    let counter = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-    };
+    let counter = |name: &str| sample(&text, name);
     assert_eq!(counter("tpsgap_spans_limited_total"), Some(1.0));
     assert_eq!(counter("tpsgap_spans_rejected_total"), Some(1.0));
     assert_eq!(

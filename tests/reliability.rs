@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::TestServer;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -17,7 +18,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use tokio::net::TcpListener;
 use tpsgap::live::LiveConfig;
-use tpsgap::serve::{self, Listeners, ServeConfig};
+use tpsgap::serve::ServeConfig;
 use tpsgap::sim::{batches, simulate, spans, SimConfig, SpanMode};
 use tpsgap::window::WindowConfig;
 
@@ -92,10 +93,6 @@ async fn windows_buffered_during_a_10s_outage_all_arrive() {
     let sink = Sink::default();
     let stop_sink = sink_on(sink_addr, sink.clone()).await;
 
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-    let (g, h, a) = (bind().await, bind().await, bind().await);
-    let (grpc, api) = (g.local_addr().expect("a"), a.local_addr().expect("a"));
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = ServeConfig {
         live: LiveConfig {
             window: WindowConfig {
@@ -110,17 +107,8 @@ async fn windows_buffered_during_a_10s_outage_all_arrive() {
         tick: Duration::from_millis(50),
         ..ServeConfig::default()
     };
-    let server = tokio::spawn(serve::run(
-        cfg,
-        Listeners {
-            grpc: g,
-            http: h,
-            api: a,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let server = TestServer::start(cfg).await;
+    let (grpc, api) = (server.grpc, server.api);
 
     // A 60 s run (synthetic time), sent in three parts; windows close as the
     // timestamps advance.
@@ -164,14 +152,7 @@ async fn windows_buffered_during_a_10s_outage_all_arrive() {
     let metrics = tokio::task::spawn_blocking(move || common::http_get(api, "/metrics").1)
         .await
         .expect("scrape");
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1.0)
-    };
+    let counter = |name: &str| common::sample(&metrics, name).unwrap_or(-1.0);
     assert!(
         counter("tpsgap_export_errors_total") > 0.0,
         "the outage was seen"
@@ -182,8 +163,7 @@ async fn windows_buffered_during_a_10s_outage_all_arrive() {
         "nothing dropped"
     );
     // Shutdown finalizes the run and flushes the buffer.
-    let _ = tx.send(());
-    server.await.expect("join").expect("clean stop");
+    server.stop().await;
 
     let got = gauge_ends(&sink, "outage");
     let mut unique = got.clone();
@@ -306,25 +286,8 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_at_both_receivers_leaves_the_service_up() {
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-    let (g, h, a) = (bind().await, bind().await, bind().await);
-    let (grpc, http, api) = (
-        g.local_addr().expect("a"),
-        h.local_addr().expect("a"),
-        a.local_addr().expect("a"),
-    );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve::run(
-        ServeConfig::default(),
-        Listeners {
-            grpc: g,
-            http: h,
-            api: a,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let server = TestServer::start(ServeConfig::default()).await;
+    let (grpc, http, api) = (server.grpc, server.http, server.api);
 
     // gRPC: random bytes, a length prefix of 2 GiB, nesting 10,000 deep.
     for seed in 1..20u64 {
@@ -401,6 +364,5 @@ async fn garbage_at_both_receivers_leaves_the_service_up() {
         ]))
         .await;
     assert!(ok.is_ok(), "gRPC still takes valid requests");
-    let _ = tx.send(());
-    server.await.expect("join").expect("clean stop");
+    server.stop().await;
 }

@@ -106,13 +106,7 @@ fn route(req: &ExportTraceServiceRequest) -> [ExportTraceServiceRequest; 2] {
 }
 
 fn metric(api: SocketAddr, name: &str) -> f64 {
-    http_get(api, "/metrics")
-        .1
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    common::sample(&http_get(api, "/metrics").1, name).unwrap_or(0.0)
 }
 
 #[test]

@@ -7,12 +7,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{example_run, http_post, python, root};
+use common::{example_run, http_post, python, root, TestServer};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use tokio::net::TcpListener;
-use tpsgap::live::LiveConfig;
 use tpsgap::serve::{self, Listeners, ServeConfig};
-use tpsgap::window::WindowConfig;
 
 /// GET with an optional authorization header: the status code.
 fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> u16 {
@@ -40,39 +37,10 @@ async fn bearer_token_is_required_everywhere() {
     std::fs::create_dir_all(&dir).expect("tmp");
     let token_file = dir.join("token");
     std::fs::write(&token_file, "  s3cret-token\n").expect("token");
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-    let (g, h, a) = (bind().await, bind().await, bind().await);
-    let (grpc, http, api) = (
-        g.local_addr().expect("a"),
-        h.local_addr().expect("a"),
-        a.local_addr().expect("a"),
-    );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = ServeConfig {
-        auth_token_file: Some(token_file.clone()),
-        live: LiveConfig {
-            window: WindowConfig {
-                window: 5_000_000_000,
-                step: 5_000_000_000,
-                ..WindowConfig::default()
-            },
-            idle_timeout: Duration::from_secs(1),
-            ..LiveConfig::default()
-        },
-        tick: Duration::from_millis(50),
-        ..ServeConfig::default()
-    };
-    let server = tokio::spawn(serve::run(
-        cfg,
-        Listeners {
-            grpc: g,
-            http: h,
-            api: a,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let mut cfg = common::example_config();
+    cfg.auth_token_file = Some(token_file.clone());
+    let server = TestServer::start(cfg).await;
+    let (grpc, http, api) = (server.grpc, server.http, server.api);
 
     // gRPC: no token, a wrong one, then the right one.
     let req = || {
@@ -197,14 +165,17 @@ async fn bearer_token_is_required_everywhere() {
     .expect("fetch");
     common::assert_same(&runs.0, &example_run("auth-grpc"));
     common::assert_same(&runs.1, &example_run("auth-http"));
-    let _ = tx.send(());
-    server.await.expect("join").expect("clean");
+    server.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
 async fn an_empty_or_missing_token_file_is_an_error() {
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+    let bind = || async {
+        tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+    };
     let cfg = ServeConfig {
         auth_token_file: Some(std::path::PathBuf::from("/nonexistent/token")),
         ..ServeConfig::default()

@@ -3,16 +3,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{final_run, http_post, root};
+use common::{final_run, http_post, root, TestServer};
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tpsgap::live::LiveConfig;
-use tpsgap::serve::{self, Listeners, ServeConfig};
+use tpsgap::serve::ServeConfig;
 
 fn tpsgap(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tpsgap"))
@@ -139,37 +137,6 @@ fn each_injected_cause_is_found_and_classified_by_analyze() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-async fn start(
-    cfg: ServeConfig,
-) -> (
-    SocketAddr,
-    SocketAddr,
-    SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), serve::ServeError>>,
-) {
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-    let (g, h, a) = (bind().await, bind().await, bind().await);
-    let addrs = (
-        g.local_addr().expect("a"),
-        h.local_addr().expect("a"),
-        a.local_addr().expect("a"),
-    );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve::run(
-        cfg,
-        Listeners {
-            grpc: g,
-            http: h,
-            api: a,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
-    (addrs.0, addrs.1, addrs.2, tx, task)
-}
-
 fn serve_cfg() -> ServeConfig {
     ServeConfig {
         live: LiveConfig {
@@ -185,7 +152,8 @@ fn serve_cfg() -> ServeConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_injected_cause_is_found_and_classified_by_serve() {
-    let (grpc, http, api, stop, task) = start(serve_cfg()).await;
+    let server = TestServer::start(serve_cfg()).await;
+    let (grpc, http, api) = (server.grpc, server.http, server.api);
     let dir = tmpdir("causes-serve");
     tokio::task::spawn_blocking(move || {
         for (n, (cause, flags)) in scenarios().into_iter().enumerate() {
@@ -229,8 +197,7 @@ async fn each_injected_cause_is_found_and_classified_by_serve() {
     })
     .await
     .expect("checks");
-    let _ = stop.send(());
-    task.await.expect("join").expect("clean");
+    server.stop().await;
 }
 
 #[test]
@@ -298,7 +265,8 @@ fn chromium_dom(url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_page_in_headless_chromium_shows_gaps_and_escapes_run_ids() {
-    let (_grpc, http, api, stop, task) = start(serve_cfg()).await;
+    let server = TestServer::start(serve_cfg()).await;
+    let (http, api) = (server.http, server.api);
     tokio::task::spawn_blocking(move || {
         let example =
             std::fs::read_to_string(root().join("examples/small.jsonl")).expect("example");
@@ -352,8 +320,7 @@ async fn web_page_in_headless_chromium_shows_gaps_and_escapes_run_ids() {
     })
     .await
     .expect("checks");
-    let _ = stop.send(());
-    task.await.expect("join").expect("clean");
+    server.stop().await;
 }
 
 #[test]

@@ -5,82 +5,18 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{assert_same, example_run, final_run, http_get, python, root};
+use common::{
+    assert_same, example_config, example_run, final_run, http_get, python, root, sample, TestServer,
+};
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tpsgap::live::LiveConfig;
-use tpsgap::serve::{self, Listeners, ServeConfig};
+use tpsgap::serve::ServeConfig;
 use tpsgap::window::WindowConfig;
 
-struct Server {
-    grpc: SocketAddr,
-    http: SocketAddr,
-    api: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), serve::ServeError>>,
-}
-
-impl Server {
-    async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        let res = tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("server stops in time")
-            .expect("server task");
-        res.expect("server ran cleanly");
-    }
-}
-
-/// The worked example's settings: W = S = 5 s, finalized after 1 s idle.
-fn example_config() -> ServeConfig {
-    ServeConfig {
-        live: LiveConfig {
-            window: WindowConfig {
-                window: 5_000_000_000,
-                step: 5_000_000_000,
-                ..WindowConfig::default()
-            },
-            idle_timeout: Duration::from_secs(1),
-            ..LiveConfig::default()
-        },
-        tick: Duration::from_millis(50),
-        ..ServeConfig::default()
-    }
-}
-
-async fn start(cfg: ServeConfig) -> Server {
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-    let (g, h, a) = (bind().await, bind().await, bind().await);
-    let (grpc, http, api) = (
-        g.local_addr().expect("addr"),
-        h.local_addr().expect("addr"),
-        a.local_addr().expect("addr"),
-    );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve::run(
-        cfg,
-        Listeners {
-            grpc: g,
-            http: h,
-            api: a,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
-    Server {
-        grpc,
-        http,
-        api,
-        stop: Some(tx),
-        task,
-    }
+async fn start(cfg: ServeConfig) -> TestServer {
+    TestServer::start(cfg).await
 }
 
 fn run_python(args: &[&str]) {
@@ -293,13 +229,7 @@ async fn overload_with_retrying_sdk_exporters_loses_nothing() {
             );
         }
         let text = http_get(api, "/metrics").1;
-        let counter = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(-1.0)
-        };
+        let counter = |name: &str| sample(&text, name).unwrap_or(-1.0);
         assert_eq!(counter("tpsgap_spans_accepted_total"), 16_000.0);
         assert!(counter("tpsgap_spans_refused_total") > 0.0, "the load was over capacity");
     })

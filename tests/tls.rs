@@ -8,12 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{example_run, python, root};
-use tokio::net::TcpListener;
-use tpsgap::live::LiveConfig;
-use tpsgap::serve::{self, Listeners, ServeConfig};
+use common::{example_run, python, root, TestServer};
 use tpsgap::tls::TlsFiles;
-use tpsgap::window::WindowConfig;
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -132,43 +128,14 @@ async fn mtls_with_real_clients() {
     let dir: PathBuf = std::env::temp_dir().join(format!("tpsgap-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     make_certs(&dir);
-    let bind = || async { TcpListener::bind("127.0.0.1:0").await.expect("bind") };
-    let (g, h, a) = (bind().await, bind().await, bind().await);
-    let (grpc, http, api) = (
-        g.local_addr().expect("a"),
-        h.local_addr().expect("a"),
-        a.local_addr().expect("a"),
-    );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = ServeConfig {
-        tls: Some(TlsFiles {
-            cert: dir.join("server.pem"),
-            key: dir.join("server.key"),
-            client_ca: Some(dir.join("ca.pem")),
-        }),
-        live: LiveConfig {
-            window: WindowConfig {
-                window: 5_000_000_000,
-                step: 5_000_000_000,
-                ..WindowConfig::default()
-            },
-            idle_timeout: Duration::from_secs(1),
-            ..LiveConfig::default()
-        },
-        tick: Duration::from_millis(50),
-        ..ServeConfig::default()
-    };
-    let server = tokio::spawn(serve::run(
-        cfg,
-        Listeners {
-            grpc: g,
-            http: h,
-            api: a,
-        },
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let mut cfg = common::example_config();
+    cfg.tls = Some(TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: Some(dir.join("ca.pem")),
+    });
+    let server = TestServer::start(cfg).await;
+    let (grpc, http, api) = (server.grpc, server.http, server.api);
     let d = dir.clone();
     tokio::task::spawn_blocking(move || {
         let send = |proto: &str, ep: String, run: &str, client_cert: bool| {
@@ -249,7 +216,6 @@ async fn mtls_with_real_clients() {
     })
     .await
     .expect("checks");
-    let _ = tx.send(());
-    server.await.expect("join").expect("clean");
+    server.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }

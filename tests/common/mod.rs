@@ -198,3 +198,81 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `tpsgap serve` running in this process on loopback port 0.
+pub struct TestServer {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tpsgap::serve::ServeError>>,
+}
+
+impl TestServer {
+    pub async fn start(cfg: tpsgap::serve::ServeConfig) -> TestServer {
+        let bind = || async {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind")
+        };
+        let (g, h, a) = (bind().await, bind().await, bind().await);
+        let (grpc, http, api) = (
+            g.local_addr().expect("addr"),
+            h.local_addr().expect("addr"),
+            a.local_addr().expect("addr"),
+        );
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let listeners = tpsgap::serve::Listeners {
+            grpc: g,
+            http: h,
+            api: a,
+        };
+        let task = tokio::spawn(tpsgap::serve::run(cfg, listeners, async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            grpc,
+            http,
+            api,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Shuts the service down and checks that it stopped cleanly.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let res = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("server stops in time")
+            .expect("server task");
+        res.expect("server ran cleanly");
+    }
+}
+
+/// The value of a sample in Prometheus text (`name value` or `name{…} value`).
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The worked example's settings: W = S = 5 s, runs final after 1 s idle.
+pub fn example_config() -> tpsgap::serve::ServeConfig {
+    tpsgap::serve::ServeConfig {
+        live: tpsgap::live::LiveConfig {
+            window: tpsgap::window::WindowConfig {
+                window: 5_000_000_000,
+                step: 5_000_000_000,
+                ..Default::default()
+            },
+            idle_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        tick: Duration::from_millis(50),
+        ..Default::default()
+    }
+}
