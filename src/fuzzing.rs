@@ -15,14 +15,17 @@
 //!   double; each one accepted is also run through a whole export.
 //!
 //! Every decoded export is extracted with the default attribute names and
-//! with each preset, joined, and reported with the default windows and with
-//! small ones (1 s windows, 1 s step, default cap 2, so that the gap
-//! classification runs); the reports are serialized and rendered as
-//! `tpsgap analyze --format json|html` does. Besides "no panic" the harnesses check
-//! a few documented invariants: every span is counted exactly once (accepted,
+//! with each preset, joined, and reported with small windows (1 s windows,
+//! 1 s step, default cap 2, so that the gap classification runs) and with the
+//! default ones (both at most 1,000 windows per run, to keep executions
+//! fast); the reports are serialized and rendered as `tpsgap analyze
+//! --format json|html` does. Besides "no panic" the harnesses check a few
+//! documented invariants: every span is counted exactly once (accepted,
 //! ignored or rejected), joining the same spans again changes no report
-//! (`join`), and a report never holds a NaN or infinite number where a
-//! number is required (`report`).
+//! (`join`), and a report holds no NaN or infinity (`report`: undefined
+//! values are `null`, never NaN).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
@@ -34,28 +37,40 @@ use crate::extract::{parse_timestamp, Extracted, Extractor, Preset};
 use crate::input::{read_traces, InputFormat};
 use crate::join::Store;
 use crate::model::{Nanos, Stamp, NANOS_PER_SEC};
-use crate::report::Report;
+use crate::report::{Report, Stats};
 use crate::testutil::{export, kv_int, request_span};
 use crate::window::WindowConfig;
 
-/// The window configuration of the second report: 1 s windows every 1 s and
-/// a default cap of 2, so small inputs have many windows and gaps.
+/// The default windows (60 s every 10 s, no default cap), at most 1,000 per
+/// run instead of 100,000: the same code, but hostile timestamps centuries
+/// apart no longer make each execution compute and serialize 100,000
+/// windows.
+pub fn default_windows() -> WindowConfig {
+    WindowConfig {
+        max_windows: 1_000,
+        ..WindowConfig::default()
+    }
+}
+
+/// The second configuration: 1 s windows every 1 s and a default cap of 2,
+/// so small inputs have many windows and every run has gaps to classify.
 pub fn small_windows() -> WindowConfig {
     WindowConfig {
         window: NANOS_PER_SEC,
         step: NANOS_PER_SEC,
         default_cap: Some(2),
-        ..WindowConfig::default()
+        ..default_windows()
     }
 }
 
 /// Extracts every span of `resource_spans` with `x` into a new store, checks
 /// that each span was counted once, and that joining them all a second time
-/// changes no run report. Returns the store.
+/// changes no report (with `cfg`). Returns the store and that report.
 fn join<'a>(
     x: &Extractor,
     resource_spans: impl Iterator<Item = &'a ResourceSpans> + Clone,
-) -> Store {
+    cfg: &WindowConfig,
+) -> (Store, Report) {
     let store = Store::new();
     let mut spans = 0u64;
     for rs in resource_spans.clone() {
@@ -65,68 +80,115 @@ fn join<'a>(
         });
     }
     let c = &store.counters;
-    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     assert_eq!(
         load(&c.accepted) + load(&c.ignored) + load(&c.rejected),
         spans,
         "every span is accepted, ignored or rejected exactly once"
     );
-    let cfg = WindowConfig::default();
-    let before = store.report(&cfg);
+    let before = store.report(cfg);
     for rs in resource_spans {
         x.resource_spans(rs, &mut |e: Extracted| store.apply(&e));
     }
-    let mut again = store.report(&cfg);
+    let mut again = store.report(cfg);
     again.ignored_spans -= before.ignored_spans;
     again.rejected_spans -= before.rejected_spans;
+    // Compared as JSON, so that a NaN equals itself (`check` finds those).
     assert!(
-        same_report(&before, &again),
+        serde_json::to_string(&before).ok() == serde_json::to_string(&again).ok(),
         "joining the same spans twice changed the report"
     );
-    store
+    (store, before)
 }
 
-/// Report equality by serialization, so that a NaN equals itself (the
-/// idempotence check is about joining; [`serialize`] checks NaNs).
-fn same_report(a: &Report, b: &Report) -> bool {
-    serde_json::to_string(a).ok() == serde_json::to_string(b).ok()
-}
-
-/// Serializes a report as `tpsgap analyze --format json` does and checks it
-/// reads back: a NaN or infinity where the report requires a number is
-/// written as `null` and fails to read.
-fn serialize(r: &Report) -> String {
-    let text = match serde_json::to_string(r) {
-        Ok(t) => t,
-        Err(e) => panic!("the report does not serialize: {e}"),
-    };
-    if let Err(e) = serde_json::from_str::<Report>(&text) {
-        panic!("the report does not read back (a NaN or infinity?): {e}");
+/// Serializes a report as `tpsgap analyze --format json` does, and checks
+/// that it holds no NaN or infinity (JSON has none: they would be written
+/// as `null`, which the report reserves for undefined values).
+fn check(r: &Report) {
+    if let Err(e) = serde_json::to_writer(std::io::sink(), r) {
+        panic!("the report does not serialize: {e}");
     }
-    text
+    for run in &r.runs {
+        let id = &run.run_id;
+        let finite = |what: &str, x: Option<f64>| {
+            if let Some(x) = x.filter(|x| !x.is_finite()) {
+                panic!("run {id:?}: {what} is {x}");
+            }
+        };
+        finite("start_unix_s", run.start_unix_s);
+        finite("end_unix_s", run.end_unix_s);
+        stats(&finite, "totals", &run.totals);
+        for (i, w) in run.windows.iter().enumerate() {
+            let what = format!("windows[{i}]");
+            finite(&what, Some(w.start_unix_s));
+            finite(&what, Some(w.end_unix_s));
+            stats(&finite, &what, &w.stats);
+        }
+        for g in &run.gaps {
+            for x in [g.start_unix_s, g.end_unix_s, g.seconds] {
+                finite("gaps", Some(x));
+            }
+        }
+        let l = &run.latency;
+        for (what, s) in [
+            ("t_queue", &l.t_queue),
+            ("t_first_token", &l.t_first_token),
+            ("t_stream", &l.t_stream),
+            ("t_in_flight", &l.t_in_flight),
+            ("stream_tps", &l.stream_tps),
+            ("end_to_end_tps", &l.end_to_end_tps),
+            ("time_per_output_token", &l.time_per_output_token),
+        ] {
+            for x in [s.mean, s.p50, s.p90, s.p99, s.max] {
+                finite(what, x);
+            }
+        }
+    }
+}
+
+fn stats(finite: &impl Fn(&str, Option<f64>), what: &str, s: &Stats) {
+    for x in [
+        Some(s.effective_seconds),
+        s.gap_seconds,
+        s.gap_fraction,
+        Some(s.backlog_seconds),
+        s.backlog_fraction,
+        s.mean_in_flight,
+        s.mean_queue_depth,
+        s.utilization,
+        s.system_tps,
+        s.success_rate,
+        s.retry_rate,
+    ] {
+        finite(what, x);
+    }
+    if let Some(c) = &s.gap_seconds_by_cause {
+        for x in [c.stall, c.refill, c.under_cap] {
+            finite(what, Some(x));
+        }
+    }
 }
 
 /// The whole offline pipeline over some `ResourceSpans`: extract (default
-/// names and each preset), join, report with the default and the small
-/// windows, serialize, and the HTML report page. Returns the report of the
-/// default names and windows.
+/// names and each preset), join, report with the small windows and (for the
+/// default names) the default windows, check each report, and render the
+/// HTML report page. Returns the report of the default names and windows.
 fn analyze<'a>(resource_spans: impl Iterator<Item = &'a ResourceSpans> + Clone) -> Report {
     let extractors = [
-        Extractor::default(),
         Extractor::with_preset(Some(Preset::Vllm), &Default::default()),
         Extractor::with_preset(Some(Preset::Genai), &Default::default()),
+        Extractor::default(),
     ];
-    let mut first = None;
+    let small = small_windows();
+    let mut report = Report::default();
     for x in &extractors {
-        let store = join(x, resource_spans.clone());
-        let report = store.report(&WindowConfig::default());
-        serialize(&report);
-        serialize(&store.report(&small_windows()));
-        let pages = store.pages(&small_windows(), TIMELINE_COLUMNS);
-        let _ = report_page(&pages);
-        first.get_or_insert(report);
+        let (store, small_report) = join(x, resource_spans.clone(), &small);
+        check(&small_report);
+        let _ = report_page(&store.pages(&small, TIMELINE_COLUMNS));
+        report = store.report(&default_windows());
     }
-    first.unwrap_or_default()
+    check(&report);
+    report
 }
 
 /// Runs an export request through [`analyze`].

@@ -280,6 +280,7 @@ pub struct Engine {
     cfg: LiveConfig,
     runs: DashMap<String, LiveRun>,
     finals: Mutex<VecDeque<(String, FinalRun)>>,
+    forgotten: Mutex<Vec<String>>,
     pub counters: EngineCounters,
 }
 
@@ -292,6 +293,7 @@ impl Engine {
             cfg,
             runs: DashMap::new(),
             finals: Mutex::new(VecDeque::new()),
+            forgotten: Mutex::new(Vec::new()),
             counters: EngineCounters::default(),
         }
     }
@@ -588,14 +590,41 @@ impl Engine {
             },
         ));
         while finals.len() > self.cfg.keep_final_runs {
-            finals.pop_front();
+            if let Some((gone, _)) = finals.pop_front() {
+                self.note_forgotten(gone);
+            }
         }
     }
 
     fn prune_finals(&self, now: Instant) {
-        if let Ok(mut finals) = self.finals.lock() {
-            finals.retain(|(_, f)| now.saturating_duration_since(f.at) < self.cfg.keep_final_for);
+        let Ok(mut finals) = self.finals.lock() else {
+            return;
+        };
+        while finals
+            .front()
+            .is_some_and(|(_, f)| now.saturating_duration_since(f.at) >= self.cfg.keep_final_for)
+        {
+            if let Some((gone, _)) = finals.pop_front() {
+                self.note_forgotten(gone);
+            }
         }
+    }
+
+    fn note_forgotten(&self, id: String) {
+        if !self.runs.contains_key(&id) {
+            if let Ok(mut f) = self.forgotten.lock() {
+                f.push(id);
+            }
+        }
+    }
+
+    /// Runs that left the API since the last call (and are not live again):
+    /// their series can go from `/metrics`.
+    pub fn take_forgotten(&self) -> Vec<String> {
+        self.forgotten
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 
     /// The report of a run with the windows exported so far, and its phase.

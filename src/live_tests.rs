@@ -198,10 +198,13 @@ fn finished_runs_are_bounded_by_count_and_age() {
     }
     let ids: Vec<String> = e.list().into_iter().map(|s| s.run_id).collect();
     assert_eq!(ids, vec!["b", "c"]);
+    assert_eq!(e.take_forgotten(), vec!["a".to_string()]);
     e.tick(c.at(101), false);
     assert_eq!(e.list().len(), 1, "b is older than 100 s");
     e.tick(c.at(103), false);
     assert!(e.list().is_empty());
+    assert_eq!(e.take_forgotten(), vec!["b".to_string(), "c".to_string()]);
+    assert!(e.take_forgotten().is_empty());
 }
 
 /// Requests of at most 5 s, each sent as one span at its release, in

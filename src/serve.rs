@@ -105,7 +105,10 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn dispatch(&self, outputs: Vec<RunOutput>) {
+    fn dispatch(&self, outputs: Vec<RunOutput>, forgotten: Vec<String>) {
+        for id in forgotten {
+            self.prom.forget(&id);
+        }
         for out in outputs {
             self.prom.update(&out);
             if let Some(p) = &self.pusher {
@@ -266,7 +269,7 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = ticker.tick() => sinks.dispatch(engine.tick(now(), false)),
+            _ = ticker.tick() => sinks.dispatch(engine.tick(now(), false), engine.take_forgotten()),
             _ = checkpoints.tick(), if wal.is_some() => {
                 if let Some(w) = &wal {
                     if let Err(e) = w.checkpoint(|| engine.snapshot()).await {
@@ -285,13 +288,13 @@ pub async fn run(
     if let Some(w) = &wal {
         // With a write-ahead log, live runs stay live: a restart resumes them.
         tracing::info!("exporting what is final, then checkpointing");
-        sinks.dispatch(engine.tick(now(), false));
+        sinks.dispatch(engine.tick(now(), false), engine.take_forgotten());
         if let Err(e) = w.checkpoint(|| engine.snapshot()).await {
             tracing::error!(error = %e, "checkpoint failed");
         }
     } else {
         tracing::info!("finalizing every run");
-        sinks.dispatch(engine.tick(now(), true));
+        sinks.dispatch(engine.tick(now(), true), engine.take_forgotten());
     }
     if let Some(p) = sinks.pusher {
         tracing::info!("flushing the OTLP exporter");

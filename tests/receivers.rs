@@ -420,3 +420,50 @@ async fn rate_limit_answers_with_retry_delays() {
     .expect("http");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_runs_leave_metrics() {
+    let mut cfg = common::example_config();
+    cfg.live.keep_final_runs = 1;
+    let s = TestServer::start(cfg).await;
+    let (http, api) = (s.http, s.api);
+    tokio::task::spawn_blocking(move || {
+        let body =
+            std::fs::read_to_string(common::root().join("examples/small.jsonl")).expect("example");
+        let send = |run: &str| {
+            let b = body.replace(
+                "\"stringValue\":\"example\"}}",
+                &format!("\"stringValue\":\"{run}\"}}}}"),
+            );
+            assert_eq!(
+                http_post(
+                    http,
+                    "/v1/traces",
+                    &[("Content-Type", "application/json")],
+                    b.as_bytes()
+                )
+                .0,
+                200
+            );
+            common::final_run(api, run);
+        };
+        send("first");
+        let text = common::http_get(api, "/metrics").1;
+        assert!(text.contains("llm_gap_fraction{run_id=\"first\"}"));
+        send("second");
+        // Keeping one finished run, `first` left the API: its series go too.
+        let gone = common::wait_for(Duration::from_secs(10), || {
+            let text = common::http_get(api, "/metrics").1;
+            (!text.contains("run_id=\"first\"")).then_some(text)
+        })
+        .expect("first's series removed");
+        assert!(gone.contains("llm_gap_fraction{run_id=\"second\"} 0.4"));
+        assert!(
+            gone.contains("llm_requests_total{run_id=\"second\",outcome=\"success\"} 3"),
+            "{gone}"
+        );
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}

@@ -43,6 +43,8 @@ pub struct ExportCounters {
 /// The Prometheus view of tpsgap's output.
 pub struct PromMetrics {
     registry: Registry,
+    /// Models seen per run: the label sets to remove when a run is forgotten.
+    models: std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<String>>>,
     gauges: Vec<Family<Labels, Gauge<f64, AtomicU64>>>,
     histograms: Vec<Family<Labels, Histogram, Buckets>>,
     requests: Family<Labels, Counter>,
@@ -111,6 +113,7 @@ impl PromMetrics {
         registry.register_collector(Box::new(SelfTelemetry { engine, export }));
         PromMetrics {
             registry,
+            models: std::sync::Mutex::default(),
             gauges,
             histograms,
             requests,
@@ -159,6 +162,12 @@ impl PromMetrics {
             let mut l = run();
             if let Some(m) = &r.model {
                 l.push(("gen_ai_request_model", m.clone()));
+                if let Ok(mut models) = self.models.lock() {
+                    models
+                        .entry(out.run_id.clone())
+                        .or_default()
+                        .insert(m.clone());
+                }
             }
             for (def, fam) in HISTOGRAMS.iter().zip(&self.histograms) {
                 if let Some(v) = (def.value)(r) {
@@ -166,6 +175,44 @@ impl PromMetrics {
                 }
             }
         }
+    }
+
+    /// Removes every series of a run that left the API, so `/metrics` stays
+    /// bounded by the runs tpsgap keeps.
+    pub fn forget(&self, run_id: &str) {
+        let run = || vec![("run_id", run_id.to_string())];
+        let with = |k: &'static str, v: &str| {
+            let mut l = run();
+            l.push((k, v.to_string()));
+            l
+        };
+        for fam in &self.gauges {
+            fam.remove(&run());
+        }
+        let models = self
+            .models
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(run_id))
+            .unwrap_or_default();
+        for fam in &self.histograms {
+            fam.remove(&run());
+            for m in &models {
+                fam.remove(&with("gen_ai_request_model", m));
+            }
+        }
+        for o in ["success", "failure"] {
+            self.requests.remove(&with("outcome", o));
+        }
+        for t in ["output", "input"] {
+            self.tokens.remove(&with("gen_ai_token_type", t));
+        }
+        self.retries.remove(&run());
+        for c in Cause::ALL {
+            self.gap.remove(&with("cause", c.as_str()));
+        }
+        self.backlog.remove(&run());
+        self.active.remove(&run());
     }
 
     /// The OpenMetrics text of every metric.
