@@ -400,10 +400,11 @@ impl Profile {
             return Vec::new();
         }
         let n = columns as i64;
+        // i128: a span of centuries times the column index overflows i64.
+        let at = |i: i64| self.start + (i128::from(span) * i128::from(i) / i128::from(n)) as i64;
         (0..n)
             .map(|i| {
-                let a = self.start + span * i / n;
-                let b = self.start + span * (i + 1) / n;
+                let (a, b) = (at(i), at(i + 1));
                 let s = self.stats(a, b, &Counts::default());
                 let mid = a + (b - a) / 2;
                 let k = self.segments.partition_point(|x| x.start <= mid);
