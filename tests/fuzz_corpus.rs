@@ -1,0 +1,246 @@
+//! Replays the fuzz corpus in `cargo test`: every seed in
+//! `fuzz/corpus/<target>/seed-*` and every regression input in
+//! `tests/fuzz/<target>-<description>` goes through the harness of its
+//! target (`tpsgap::fuzzing`), which must return: a panic is a bug. Known
+//! inputs must also give the results noted for them below.
+//!
+//! A crash the fuzzer finds (`scripts/fuzz.sh`) is minimized with `cargo fuzz
+//! tmin` and saved in `tests/fuzz/` with a line in `REGRESSIONS`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use tpsgap::fuzzing::{Outcome, Parsed};
+use tpsgap::model::NANOS_PER_SEC;
+use tpsgap::report::Report;
+
+/// What a harness returned.
+#[derive(Debug)]
+enum Ran {
+    Protobuf(Outcome),
+    Json(Outcome),
+    Timestamp(Parsed),
+}
+
+impl Ran {
+    fn outcome(&self) -> &Outcome {
+        match self {
+            Ran::Protobuf(o) | Ran::Json(o) => o,
+            Ran::Timestamp(_) => panic!("not a protobuf or json outcome"),
+        }
+    }
+    fn decoded(&self) -> &Report {
+        self.outcome()
+            .decoded
+            .as_ref()
+            .expect("the input decodes as an export request")
+    }
+    fn parsed(&self) -> &Parsed {
+        match self {
+            Ran::Timestamp(p) => p,
+            _ => panic!("not a timestamp outcome"),
+        }
+    }
+}
+
+/// A check of what a harness returned for one input.
+type Check = fn(&Ran);
+
+const TARGETS: [&str; 3] = ["protobuf", "json", "timestamp"];
+
+fn run(target: &str, data: &[u8]) -> Ran {
+    match target {
+        "protobuf" => Ran::Protobuf(tpsgap::fuzzing::protobuf(data)),
+        "json" => Ran::Json(tpsgap::fuzzing::json(data)),
+        "timestamp" => Ran::Timestamp(tpsgap::fuzzing::timestamp(data)),
+        other => panic!("no fuzz target {other:?}"),
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The files of `dir` whose names start with `prefix`, sorted.
+fn files(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("a directory entry").path())
+        .filter(|p| p.is_file() && name(p).starts_with(prefix))
+        .collect();
+    out.sort();
+    out
+}
+
+fn name(p: &Path) -> &str {
+    p.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+}
+
+/// Replays `path` through `target`'s harness and checks `expect`; returns a
+/// failure message instead of panicking, so that one run lists them all.
+fn replay(target: &str, path: &Path, expect: Option<Check>) -> Result<(), String> {
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    catch_unwind(AssertUnwindSafe(|| {
+        let ran = run(target, &data);
+        if let Some(check) = expect {
+            check(&ran);
+        }
+    }))
+    .map_err(|e| {
+        let msg = e
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| e.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        format!("{target} {}: panicked: {msg}", name(path))
+    })
+}
+
+fn report_failures(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} input(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+const S: i64 = NANOS_PER_SEC;
+const T0: i64 = 1_800_000_000 * S;
+
+/// Expected results of some seeds (the rest must only not panic).
+const SEEDS: &[(&str, &str, Check)] = &[
+    ("protobuf", "seed-bad.pb", |r| {
+        // tests/fixtures/bad.md: one run, x rejected, 4 requests, 74 tokens.
+        let rep = r.decoded();
+        assert_eq!((rep.runs.len(), rep.rejected_spans), (1, 1));
+        let run = &rep.runs[0];
+        assert_eq!(run.run_id, "bad");
+        assert_eq!(run.requests.total, 4);
+        assert_eq!(run.output_tokens, 74);
+        assert_eq!(run.invalid.negative_interval, 2);
+        assert_eq!(&r.outcome().file, rep, "the file reads as the message");
+        assert!(r.outcome().file_errors.is_empty());
+    }),
+    ("protobuf", "seed-two_runs.pb", |r| {
+        let ids: Vec<&str> = r.decoded().runs.iter().map(|x| x.run_id.as_str()).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+    }),
+    ("json", "seed-bad-1.json", |r| {
+        // Batch 1 of bad.jsonl: g1, x (rejected), n.
+        let rep = r.decoded();
+        assert_eq!((rep.runs.len(), rep.rejected_spans), (1, 1));
+        assert_eq!(rep.runs[0].requests.total, 2);
+        assert_eq!(&r.outcome().file, rep);
+    }),
+    ("json", "seed-small-1.json", |r| {
+        assert_eq!(r.decoded().runs[0].run_id, "example");
+    }),
+    ("timestamp", "seed-rfc3339-z", |r| {
+        assert_eq!(r.parsed().string, Ok(T0));
+    }),
+    ("timestamp", "seed-rfc3339-offset-frac", |r| {
+        assert_eq!(r.parsed().string, Ok(T0 + S / 4));
+    }),
+    ("timestamp", "seed-secs", |r| {
+        assert_eq!(r.parsed().string, Ok(T0));
+    }),
+    ("timestamp", "seed-millis", |r| {
+        assert_eq!(r.parsed().string, Ok(T0 + S / 4));
+    }),
+    ("timestamp", "seed-decimal-long", |r| {
+        assert_eq!(r.parsed().string, Ok(T0 + 2), "rounds at the tenth decimal");
+    }),
+    ("timestamp", "seed-le-i64-nanos", |r| {
+        assert_eq!(r.parsed().int, Ok(T0 + S / 4));
+    }),
+    ("timestamp", "seed-garbage", |r| {
+        assert!(r.parsed().string.is_err());
+    }),
+    ("timestamp", "seed-nan", |r| {
+        assert!(r.parsed().string.is_err());
+    }),
+];
+
+/// Every regression input in tests/fuzz/ with what it must give. Inputs
+/// marked CRASH panicked when they were found; they pass once the fix noted
+/// with them is in src/.
+const REGRESSIONS: &[(&str, Check)] = &[
+    // CRASH (found at once by every timestamp seed): src/window.rs
+    // Profile::timeline, `span * i` overflows i64 for a run longer than
+    // ~222 days (i64::MAX / 480 columns ns): the HTML report of a run with
+    // one request at 1970-01-01 ("0") and one in 2027. Fix: i128 there.
+    ("timestamp-html-timeline-overflow", |r| {
+        let p = r.parsed();
+        // "0" is 0 s; its first bytes as an i64 are 48 (s); as a double a
+        // subnormal, 0 ns.
+        assert_eq!(
+            (&p.string, &p.int, &p.double),
+            (&Ok(0), &Ok(48 * S), &Ok(0))
+        );
+    }),
+    // CRASH: i64::MAX ns (2262-04-11T23:47:16.854775807Z) was accepted and
+    // its window's end `ws + window` overflowed (src/window.rs
+    // window_reports). Fix: timestamps only within ±2^62 ns (1823–2116).
+    ("timestamp-i64-max-window-end-overflow", |r| {
+        assert!(r.parsed().string.is_err(), "{:?}", r.parsed());
+    }),
+    // CRASH: i64::MIN ns (1677-09-21T00:12:43.145224192Z) was accepted and
+    // a run from it to 2027 is longer than i64::MAX ns: `s.end - s.start`
+    // overflowed (src/window.rs Profile::build). Same fix.
+    ("timestamp-i64-min-segment-overflow", |r| {
+        assert!(r.parsed().string.is_err(), "{:?}", r.parsed());
+    }),
+];
+
+#[test]
+fn seed_corpus_replays_without_panic() {
+    let mut failures = Vec::new();
+    for target in TARGETS {
+        let seeds = files(&root().join("fuzz/corpus").join(target), "seed-");
+        assert!(seeds.len() >= 5, "{target}: only {} seeds", seeds.len());
+        for path in &seeds {
+            let expect = SEEDS
+                .iter()
+                .find(|(t, n, _)| *t == target && *n == name(path))
+                .map(|x| x.2);
+            if let Err(e) = replay(target, path, expect) {
+                failures.push(e);
+            }
+        }
+    }
+    for (target, seed, _) in SEEDS {
+        let path = root().join("fuzz/corpus").join(target).join(seed);
+        assert!(path.is_file(), "{} is missing", path.display());
+    }
+    report_failures(failures);
+}
+
+#[test]
+fn regression_inputs_replay_with_expected_results() {
+    let mut failures = Vec::new();
+    let inputs = files(&root().join("tests/fuzz"), "");
+    for path in &inputs {
+        let n = name(path);
+        let Some(target) = TARGETS
+            .into_iter()
+            .find(|t| n.starts_with(&format!("{t}-")))
+        else {
+            failures.push(format!("{n}: not named <target>-<description>"));
+            continue;
+        };
+        let Some(&(_, expect)) = REGRESSIONS.iter().find(|(r, _)| *r == n) else {
+            failures.push(format!("{n}: no entry in REGRESSIONS"));
+            continue;
+        };
+        if let Err(e) = replay(target, path, Some(expect)) {
+            failures.push(e);
+        }
+    }
+    for (n, _) in REGRESSIONS {
+        if !inputs.iter().any(|p| name(p) == *n) {
+            failures.push(format!("tests/fuzz/{n} is missing"));
+        }
+    }
+    report_failures(failures);
+}
