@@ -234,6 +234,9 @@ pub async fn run(
         rustls = Some(t.rustls().map_err(ServeError::Tls)?);
     }
     let grpc_server = builder
+        .layer(tower::util::MapResponseLayer::new(
+            grpc::too_large_is_not_retryable,
+        ))
         .add_service(grpc::service(
             pipeline.clone(),
             cfg.max_message,

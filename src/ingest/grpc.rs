@@ -62,3 +62,16 @@ pub fn service(
         .max_decoding_message_size(max_message);
     InterceptedService::new(svc, GrpcAuth(token))
 }
+
+/// The gRPC library answers a message over the size limit with
+/// `OUT_OF_RANGE` before tpsgap sees it, a code the OTLP specification lists
+/// as retryable: a client would send the same message again and again. This
+/// rewrites it to `INVALID_ARGUMENT`, which clients do not retry (tpsgap
+/// itself never answers `OUT_OF_RANGE`).
+pub fn too_large_is_not_retryable<B>(mut resp: axum::http::Response<B>) -> axum::http::Response<B> {
+    if resp.headers().get("grpc-status").is_some_and(|v| v == "11") {
+        resp.headers_mut()
+            .insert("grpc-status", axum::http::HeaderValue::from_static("3"));
+    }
+    resp
+}
