@@ -146,12 +146,12 @@ fn derive_stamps(p: Preset, span: &Span, o: &mut Observation) -> Result<(), (Str
             }
             set(Stamp::Queued, start);
             if let Some(q) = queue {
-                set(Stamp::Admitted, start + q);
+                set(Stamp::Admitted, start.saturating_add(q));
             }
             if let Some(t) = ttft {
-                set(Stamp::FirstToken, start + t);
+                set(Stamp::FirstToken, start.saturating_add(t));
             }
-            let released = e2e.map_or(end, |e| start + e);
+            let released = e2e.map_or(end, |e| start.saturating_add(e));
             if released > 0 {
                 set(Stamp::Released, released);
                 set(Stamp::LastToken, released);
@@ -171,7 +171,7 @@ fn derive_stamps(p: Preset, span: &Span, o: &mut Observation) -> Result<(), (Str
             }
             set(Stamp::Admitted, start);
             if let Some(t) = secs("gen_ai.response.time_to_first_chunk")? {
-                set(Stamp::FirstToken, start + t);
+                set(Stamp::FirstToken, start.saturating_add(t));
             }
             for ev in &span.events {
                 if ev.name == "gen_ai.first_token" || ev.name == "first_chunk" {
@@ -687,7 +687,9 @@ fn decimal_seconds(s: &str) -> Option<Nanos> {
     if frac_part.as_bytes().get(9).is_some_and(|b| *b >= b'5') {
         frac += 1;
     }
-    let ns = secs.checked_mul(i128::from(NANOS_PER_SEC))? + frac;
+    let ns = secs
+        .checked_mul(i128::from(NANOS_PER_SEC))?
+        .checked_add(frac)?;
     i64::try_from(if neg { -ns } else { ns }).ok()
 }
 

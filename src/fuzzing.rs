@@ -175,32 +175,49 @@ fn stats(finite: &impl Fn(&str, Option<f64>), what: &str, s: &Stats) {
     }
 }
 
+/// The reports of one input (each checked).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Analysis {
+    /// Default attribute names, [`default_windows`].
+    pub report: Report,
+    /// `--preset vllm`, [`small_windows`].
+    pub vllm: Report,
+    /// `--preset genai`, [`small_windows`].
+    pub genai: Report,
+}
+
 /// The whole offline pipeline over some `ResourceSpans`: extract (default
 /// names and each preset), join, report with the small windows and (for the
 /// default names) the default windows, check each report, and render the
-/// HTML report page. Returns the report of the default names and windows.
-fn analyze(resource_spans: &[ResourceSpans]) -> Report {
+/// HTML report page.
+fn analyze(resource_spans: &[ResourceSpans]) -> Analysis {
     let small = small_windows();
-    for preset in [Preset::Vllm, Preset::Genai] {
+    let [vllm, genai] = [Preset::Vllm, Preset::Genai].map(|preset| {
         let x = Extractor::with_preset(Some(preset), &Default::default());
-        check(&join(&x, resource_spans.iter(), &small).1);
-    }
+        let report = join(&x, resource_spans.iter(), &small).1;
+        check(&report);
+        report
+    });
     let (store, small_report) = join(&Extractor::default(), resource_spans.iter(), &small);
     check(&small_report);
     let _ = report_page(&store.pages(&small, TIMELINE_COLUMNS));
     let report = store.report(&default_windows());
     check(&report);
-    report
+    Analysis {
+        report,
+        vllm,
+        genai,
+    }
 }
 
 /// What [`protobuf`] and [`json`] saw.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
-    /// The report of the input decoded as one export request (default
-    /// attribute names and windows), `None` when it does not decode.
-    pub decoded: Option<Report>,
-    /// The report of the input read as a file.
-    pub file: Report,
+    /// The reports of the input decoded as one export request, `None` when
+    /// it does not decode.
+    pub decoded: Option<Analysis>,
+    /// The reports of the input read as a file.
+    pub file: Analysis,
     /// The malformed parts of the file, as `tpsgap analyze` prints them.
     pub file_errors: Vec<String>,
 }
@@ -221,7 +238,7 @@ fn outcome(
     });
     let decoded = decoded.map(|req| (analyze(&req.resource_spans), req.resource_spans));
     let file = match &decoded {
-        Some((report, same)) if *same == spans => report.clone(),
+        Some((analysis, same)) if *same == spans => analysis.clone(),
         _ => analyze(&spans),
     };
     Outcome {

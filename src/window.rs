@@ -472,9 +472,11 @@ impl Counts {
             self.failed += 1;
         } else {
             self.succeeded += 1;
-            self.output_tokens += r.output_tokens.unwrap_or(0);
+            self.output_tokens = self
+                .output_tokens
+                .saturating_add(r.output_tokens.unwrap_or(0));
         }
-        self.retries += r.retry_count.unwrap_or(0);
+        self.retries = self.retries.saturating_add(r.retry_count.unwrap_or(0));
     }
 }
 
@@ -665,9 +667,11 @@ pub fn compute_run(
         if r.get(Stamp::Admitted).is_none() {
             rep.requests.incomplete += 1;
         }
-        rep.output_tokens += r.output_tokens.unwrap_or(0);
-        rep.input_tokens += r.input_tokens.unwrap_or(0);
-        rep.retries += r.retry_count.unwrap_or(0);
+        rep.output_tokens = rep
+            .output_tokens
+            .saturating_add(r.output_tokens.unwrap_or(0));
+        rep.input_tokens = rep.input_tokens.saturating_add(r.input_tokens.unwrap_or(0));
+        rep.retries = rep.retries.saturating_add(r.retry_count.unwrap_or(0));
         let d = Derived::of(r);
         rep.invalid.negative_interval += d.negative_count();
         if !r.failed {

@@ -10,7 +10,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use tpsgap::fuzzing::{Outcome, Parsed};
+use tpsgap::fuzzing::{Analysis, Outcome, Parsed};
 use tpsgap::model::NANOS_PER_SEC;
 use tpsgap::report::Report;
 
@@ -29,11 +29,15 @@ impl Ran {
             Ran::Timestamp(_) => panic!("not a protobuf or json outcome"),
         }
     }
-    fn decoded(&self) -> &Report {
+    fn analysis(&self) -> &Analysis {
         self.outcome()
             .decoded
             .as_ref()
             .expect("the input decodes as an export request")
+    }
+    /// The report of the decoded request (default names and windows).
+    fn decoded(&self) -> &Report {
+        &self.analysis().report
     }
     fn parsed(&self) -> &Parsed {
         match self {
@@ -119,19 +123,43 @@ const SEEDS: &[(&str, &str, Check)] = &[
         assert_eq!(run.requests.total, 4);
         assert_eq!(run.output_tokens, 74);
         assert_eq!(run.invalid.negative_interval, 2);
-        assert_eq!(&r.outcome().file, rep, "the file reads as the message");
+        assert_eq!(
+            &r.outcome().file.report,
+            rep,
+            "the file reads as the message"
+        );
         assert!(r.outcome().file_errors.is_empty());
     }),
     ("protobuf", "seed-two_runs.pb", |r| {
         let ids: Vec<&str> = r.decoded().runs.iter().map(|x| x.run_id.as_str()).collect();
         assert_eq!(ids.len(), 2, "{ids:?}");
     }),
+    ("protobuf", "seed-vllm.pb", |r| {
+        // tests/fixtures/vllm.expected.json (--preset vllm).
+        let rep = &r.analysis().vllm;
+        assert_eq!((rep.runs.len(), rep.rejected_spans), (1, 0));
+        assert_eq!(rep.runs[0].run_id, "vllm-0");
+        assert_eq!(
+            (rep.runs[0].requests.total, rep.runs[0].output_tokens),
+            (4, 114)
+        );
+    }),
+    ("protobuf", "seed-genai.pb", |r| {
+        // tests/fixtures/genai.expected.json (--preset genai).
+        let rep = &r.analysis().genai;
+        assert_eq!((rep.runs.len(), rep.rejected_spans), (1, 0));
+        assert_eq!(rep.runs[0].run_id, "chatbot");
+        assert_eq!(
+            (rep.runs[0].requests.total, rep.runs[0].output_tokens),
+            (3, 57)
+        );
+    }),
     ("json", "seed-bad-1.json", |r| {
         // Batch 1 of bad.jsonl: g1, x (rejected), n.
         let rep = r.decoded();
         assert_eq!((rep.runs.len(), rep.rejected_spans), (1, 1));
         assert_eq!(rep.runs[0].requests.total, 2);
-        assert_eq!(&r.outcome().file, rep);
+        assert_eq!(&r.outcome().file.report, rep);
     }),
     ("json", "seed-small-1.json", |r| {
         assert_eq!(r.decoded().runs[0].run_id, "example");
@@ -163,13 +191,14 @@ const SEEDS: &[(&str, &str, Check)] = &[
 ];
 
 /// Every regression input in tests/fuzz/ with what it must give. Inputs
-/// marked CRASH panicked when they were found; they pass once the fix noted
-/// with them is in src/.
+/// marked CRASH panicked when they were found (file:line as then); "fixed"
+/// says where the fix is, "FIX PENDING" that this test fails until the fix
+/// described is in src/.
 const REGRESSIONS: &[(&str, Check)] = &[
-    // CRASH (found at once by every timestamp seed): src/window.rs
-    // Profile::timeline, `span * i` overflows i64 for a run longer than
+    // CRASH (found at once by every timestamp seed; tmin: "0"): src/window.rs
+    // Profile::timeline, `span * i` overflowed i64 for a run longer than
     // ~222 days (i64::MAX / 480 columns ns): the HTML report of a run with
-    // one request at 1970-01-01 ("0") and one in 2027. Fix: i128 there.
+    // one request at 1970-01-01 ("0") and one in 2027. Fixed: i128 there.
     ("timestamp-html-timeline-overflow", |r| {
         let p = r.parsed();
         // "0" is 0 s; its first bytes as an i64 are 48 (s); as a double a
@@ -179,16 +208,67 @@ const REGRESSIONS: &[(&str, Check)] = &[
             (&Ok(0), &Ok(48 * S), &Ok(0))
         );
     }),
-    // CRASH: i64::MAX ns (2262-04-11T23:47:16.854775807Z) was accepted and
-    // its window's end `ws + window` overflowed (src/window.rs
-    // window_reports). Fix: timestamps only within ±2^62 ns (1823–2116).
+    // CRASH (a seed): i64::MAX ns (2262-04-11T23:47:16.854775807Z) was
+    // accepted and its window's end `ws + window` overflowed (src/window.rs
+    // window_reports). Fixed: timestamps only from 1970 to 2200 (extract).
     ("timestamp-i64-max-window-end-overflow", |r| {
         assert!(r.parsed().string.is_err(), "{:?}", r.parsed());
     }),
-    // CRASH: i64::MIN ns (1677-09-21T00:12:43.145224192Z) was accepted and
-    // a run from it to 2027 is longer than i64::MAX ns: `s.end - s.start`
-    // overflowed (src/window.rs Profile::build). Same fix.
+    // CRASH (a seed): i64::MIN ns (1677-09-21T00:12:43.145224192Z) was
+    // accepted and a run from it to 2027 is longer than i64::MAX ns:
+    // `s.end - s.start` overflowed (src/window.rs Profile::build). Same fix.
     ("timestamp-i64-min-segment-overflow", |r| {
+        assert!(r.parsed().string.is_err(), "{:?}", r.parsed());
+    }),
+    // CRASH, FIX PENDING, found by the fuzzer (protobuf, 64,338 executions):
+    // a genai span whose start_time_unix_nano is past i64::MAX (clamped to
+    // i64::MAX) with gen_ai.response.time_to_first_chunk = 1.0: `start + t`
+    // overflows in src/extract.rs derive_stamps (Preset::Genai) before the
+    // range check of derived stamps runs. cargo fuzz tmin could not shrink
+    // the fuzzer's 1,367-byte input; this is the same span alone (102
+    // bytes). Fix: saturating_add in derive_stamps; the out-of-range stamp
+    // is then rejected like any other.
+    ("protobuf-genai-start-plus-first-chunk-overflow", |r| {
+        let a = r.analysis();
+        assert!(
+            a.genai.runs.iter().all(|x| x.requests.total == 0),
+            "{:?}",
+            a.genai
+        );
+        // Without a preset the span has a run but no timestamp.
+        assert_eq!(
+            (a.report.runs.len(), a.report.runs[0].requests.total),
+            (1, 0)
+        );
+    }),
+    // CRASH, FIX PENDING: the same overflow with --preset vllm (`start + q`,
+    // found by reading derive_stamps after the crash above; same fix).
+    ("protobuf-vllm-start-plus-queue-overflow", |r| {
+        let a = r.analysis();
+        assert!(
+            a.vllm.runs.iter().all(|x| x.requests.total == 0),
+            "{:?}",
+            a.vllm
+        );
+    }),
+    // CRASH, FIX PENDING, found by review (the fuzzer did not reach it in 3
+    // minutes): two requests with output_tokens "18446744073709551615"
+    // (u64::MAX, a valid count): `rep.output_tokens +=` in src/window.rs
+    // compute_run (and Counts::add) overflows u64. Fix: saturating_add for
+    // token and retry sums.
+    ("json-output-tokens-sum-overflow", |r| {
+        let rep = r.decoded();
+        assert_eq!((rep.runs.len(), rep.rejected_spans), (1, 0));
+        let run = &rep.runs[0];
+        assert_eq!(run.requests.total, 2);
+        assert_eq!(run.output_tokens, u64::MAX, "saturates");
+        assert_eq!(run.totals.output_tokens, u64::MAX, "saturates");
+    }),
+    // CRASH, FIX PENDING, found by review: "170141183460469231731687303715.9"
+    // seconds: `secs * 1e9` fits in i128 but `+ frac` overflows it in
+    // src/extract.rs decimal_seconds. Fix: checked_add (then "out of
+    // range").
+    ("timestamp-decimal-i128-overflow", |r| {
         assert!(r.parsed().string.is_err(), "{:?}", r.parsed());
     }),
 ];
