@@ -96,6 +96,21 @@ pub struct Latency {
     pub time_per_output_token: Summary,
 }
 
+impl Latency {
+    /// Each summary with its display name (and unit), in report order.
+    pub fn rows(&self) -> [(&'static str, &Summary); 7] {
+        [
+            ("t_queue (s)", &self.t_queue),
+            ("t_first_token (s)", &self.t_first_token),
+            ("t_stream (s)", &self.t_stream),
+            ("t_in_flight (s)", &self.t_in_flight),
+            ("stream_tps", &self.stream_tps),
+            ("end_to_end_tps", &self.end_to_end_tps),
+            ("time_per_output_token (s)", &self.time_per_output_token),
+        ]
+    }
+}
+
 /// Count, mean and nearest-rank percentiles; `null`s when there is no sample.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {

@@ -88,22 +88,13 @@ fn write_run(out: &mut impl Write, run: &RunReport) -> io::Result<()> {
     let l = &run.latency;
     writeln!(
         out,
-        "  {:<22} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "  {:<26} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "latency (succeeded)", "count", "mean", "p50", "p90", "p99", "max"
     )?;
-    let rows = [
-        ("t_queue (s)", &l.t_queue),
-        ("t_first_token (s)", &l.t_first_token),
-        ("t_stream (s)", &l.t_stream),
-        ("t_in_flight (s)", &l.t_in_flight),
-        ("stream_tps", &l.stream_tps),
-        ("end_to_end_tps", &l.end_to_end_tps),
-        ("time_per_output_token", &l.time_per_output_token),
-    ];
-    for (name, s) in rows {
+    for (name, s) in l.rows() {
         writeln!(
             out,
-            "  {:<22} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "  {:<26} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10}",
             name,
             s.count,
             num(s.mean, 4),

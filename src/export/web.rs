@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use crate::cli::table::{num, pct, utc};
 use crate::live::{RunPhase, RunSummary};
-use crate::report::{RunReport, Summary};
+use crate::report::RunReport;
 use crate::window::TimelinePoint;
 
 /// Columns of the timeline.
@@ -204,16 +204,7 @@ fn run_section(rep: &RunReport, state: Option<RunPhase>, timeline: &[TimelinePoi
     }
     b.push_str("<h2>Latency (successful requests)</h2>\n<table id=\"latency\"><tr><th>metric</th><th>count</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>max</th></tr>\n");
     let l = &rep.latency;
-    let rows: [(&str, &Summary); 7] = [
-        ("t_queue (s)", &l.t_queue),
-        ("t_first_token (s)", &l.t_first_token),
-        ("t_stream (s)", &l.t_stream),
-        ("t_in_flight (s)", &l.t_in_flight),
-        ("stream_tps", &l.stream_tps),
-        ("end_to_end_tps", &l.end_to_end_tps),
-        ("time_per_output_token (s)", &l.time_per_output_token),
-    ];
-    for (name, s) in rows {
+    for (name, s) in l.rows() {
         let _ = writeln!(
             b,
             "<tr><td>{name}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
