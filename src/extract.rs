@@ -42,11 +42,11 @@ impl Default for AttributeNames {
         AttributeNames {
             run: names(&["run_id", "run.id"]),
             request: names(&["request_id", "request.id"]),
-            queued_at: names(&["queued_at"]),
-            admitted_at: names(&["admitted_at"]),
-            first_token_at: names(&["first_token_at"]),
-            last_token_at: names(&["last_token_at"]),
-            released_at: names(&["released_at"]),
+            queued_at: names(&[Stamp::Queued.attribute()]),
+            admitted_at: names(&[Stamp::Admitted.attribute()]),
+            first_token_at: names(&[Stamp::FirstToken.attribute()]),
+            last_token_at: names(&[Stamp::LastToken.attribute()]),
+            released_at: names(&[Stamp::Released.attribute()]),
             output_tokens: names(&[
                 "output_tokens",
                 "gen_ai.usage.output_tokens",

@@ -54,6 +54,17 @@ impl Stamp {
         }
     }
 
+    /// The default attribute name (SPEC §2), e.g. `queued_at`.
+    pub fn attribute(self) -> &'static str {
+        match self {
+            Stamp::Queued => "queued_at",
+            Stamp::Admitted => "admitted_at",
+            Stamp::FirstToken => "first_token_at",
+            Stamp::LastToken => "last_token_at",
+            Stamp::Released => "released_at",
+        }
+    }
+
     /// Merge rule for two different values of one timestamp: the earliest
     /// start-like stamp and the latest end-like stamp win, so the result does
     /// not depend on the order in which spans arrive.

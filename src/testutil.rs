@@ -56,15 +56,8 @@ pub fn request_span(
     span_seq: u64,
 ) -> Span {
     let mut attributes = vec![kv_str("run_id", run_id), kv_str("request_id", request_id)];
-    let names = [
-        "queued_at",
-        "admitted_at",
-        "first_token_at",
-        "last_token_at",
-        "released_at",
-    ];
     for (s, t) in stamps {
-        attributes.push(kv_int(names[*s as usize], *t));
+        attributes.push(kv_int(s.attribute(), *t));
     }
     attributes.extend(extra);
     let start = stamps.iter().map(|x| x.1).min().unwrap_or(0);

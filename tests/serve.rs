@@ -125,21 +125,14 @@ async fn rust_opentelemetry_otlp_exporter_gives_the_hand_computed_report() {
                 false,
             ),
         ];
-        let names = [
-            "queued_at",
-            "admitted_at",
-            "first_token_at",
-            "last_token_at",
-            "released_at",
-        ];
         for (id, times, extra, error) in reqs {
             let mut attrs = vec![
                 KeyValue::new("run_id", "rust-grpc"),
                 KeyValue::new("request_id", id),
             ];
-            for (n, t) in names.iter().zip(times) {
+            for (st, t) in tpsgap::model::Stamp::ALL.iter().zip(times) {
                 if let Some(t) = t {
-                    attrs.push(KeyValue::new(*n, ns(t)));
+                    attrs.push(KeyValue::new(st.attribute(), ns(t)));
                 }
             }
             attrs.extend(extra);
