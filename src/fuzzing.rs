@@ -28,9 +28,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value::Value as FullValue, AnyValue as FullAnyValue, KeyValue,
+};
 use prost::Message;
+
+use crate::lean::{self, AnyValue, ResourceSpans};
 
 use crate::export::web::{report_page, TIMELINE_COLUMNS};
 use crate::extract::{parse_timestamp, Extracted, Extractor, Preset};
@@ -74,7 +77,7 @@ fn join<'a>(
     let store = Store::new();
     let mut spans = 0u64;
     for rs in resource_spans.clone() {
-        x.resource_spans(rs, &mut |e: Extracted| {
+        x.resource_spans(rs, &mut |e: Extracted<'_>| {
             spans += 1;
             store.apply(&e);
         });
@@ -89,7 +92,7 @@ fn join<'a>(
     let before = store.report(cfg);
     let counts = [&c.accepted, &c.ignored, &c.rejected].map(load);
     for rs in resource_spans {
-        x.resource_spans(rs, &mut |e: Extracted| store.apply(&e));
+        x.resource_spans(rs, &mut |e: Extracted<'_>| store.apply(&e));
     }
     // The counters count deliveries: set them back to one delivery each.
     for (counter, n) in [&c.accepted, &c.ignored, &c.rejected]
@@ -226,7 +229,7 @@ pub struct Outcome {
 /// analyze` reads a file (from memory) and analyzes what it read, unless
 /// that is exactly what was decoded.
 fn outcome(
-    decoded: Option<ExportTraceServiceRequest>,
+    decoded: Option<lean::ExportTraceServiceRequest>,
     data: &[u8],
     name: &str,
     format: InputFormat,
@@ -252,7 +255,7 @@ fn outcome(
 /// `ExportTraceServiceRequest`, and as a protobuf file (`--input-format
 /// proto`: raw or length-prefixed messages).
 pub fn protobuf(data: &[u8]) -> Outcome {
-    let decoded = ExportTraceServiceRequest::decode(data).ok();
+    let decoded = lean::decode(bytes::Bytes::copy_from_slice(data)).ok();
     outcome(decoded, data, "fuzz.pb", InputFormat::Proto)
 }
 
@@ -260,7 +263,9 @@ pub fn protobuf(data: &[u8]) -> Outcome {
 /// and as a file with `--input-format auto` (JSON lines when it starts with
 /// `{`, gzip unpacked, else protobuf).
 pub fn json(data: &[u8]) -> Outcome {
-    let decoded = serde_json::from_slice::<ExportTraceServiceRequest>(data).ok();
+    let decoded = serde_json::from_slice::<ExportTraceServiceRequest>(data)
+        .ok()
+        .map(Into::into);
     outcome(decoded, data, "fuzz.jsonl", InputFormat::Auto)
 }
 
@@ -284,15 +289,15 @@ pub fn timestamp(data: &[u8]) -> Parsed {
     let mut word = [0u8; 8];
     let n = data.len().min(8);
     word[..n].copy_from_slice(&data[..n]);
-    let any = |v: Value| AnyValue { value: Some(v) };
+    let any = |v: FullValue| FullAnyValue { value: Some(v) };
     let values = [
-        any(Value::StringValue(
+        any(FullValue::StringValue(
             String::from_utf8_lossy(data).into_owned(),
         )),
-        any(Value::IntValue(i64::from_le_bytes(word))),
-        any(Value::DoubleValue(f64::from_le_bytes(word))),
+        any(FullValue::IntValue(i64::from_le_bytes(word))),
+        any(FullValue::DoubleValue(f64::from_le_bytes(word))),
     ];
-    let [string, int, double] = values.clone().map(|v| parse_timestamp(&v));
+    let [string, int, double] = values.clone().map(|v| parse_timestamp(&AnyValue::from(v)));
     let s = NANOS_PER_SEC;
     let t0 = 1_800_000_000 * s;
     // An ordinary request in the same run as the hostile ones.
@@ -314,7 +319,7 @@ pub fn timestamp(data: &[u8]) -> Parsed {
             value: Some(v.clone()),
             ..Default::default()
         };
-        let raw = request_span("fuzz", "raw", &[], vec![attr("queued_at")], 0);
+        let raw = lean::Span::from(request_span("fuzz", "raw", &[], vec![attr("queued_at")], 0));
         match Extractor::default().span(None, &raw) {
             Extracted::Observation(o) => assert_eq!(
                 o.stamps.get(Stamp::Queued),

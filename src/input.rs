@@ -4,10 +4,12 @@
 
 use std::io::{BufRead, BufReader, Read};
 
+use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
 use prost::Message;
+
+use crate::lean::{self, ResourceSpans};
 
 /// How an input file is encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -107,7 +109,7 @@ fn read_json_lines(
             Ok(req) => req
                 .resource_spans
                 .into_iter()
-                .for_each(|rs| sink(&location, rs)),
+                .for_each(|rs| sink(&location, rs.into())),
             Err(e) => errors(InputError {
                 location,
                 reason: format!("not an OTLP JSON trace export: {e}"),
@@ -151,7 +153,6 @@ fn read_proto(
 ) {
     let length_prefixed = r.fill_buf().ok().and_then(|b| b.first().copied()) == Some(0);
     let mut offset = 0u64;
-    let mut buf = Vec::new();
     loop {
         let at = offset;
         let fail = |reason: String| InputError {
@@ -205,14 +206,16 @@ fn read_proto(
                 "message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit"
             )));
         }
-        buf.resize(len as usize, 0);
+        let mut buf = vec![0; len as usize];
         if let Err(e) = r.read_exact(&mut buf) {
             return errors(fail(format!("truncated message: {e}")));
         }
+        // Decoding slices this buffer: strings are not copied.
+        let buf = Bytes::from(buf);
         offset += len;
         let location = format!("{name}:byte {at}");
         if length_prefixed {
-            match ExportTraceServiceRequest::decode(&buf[..]) {
+            match lean::decode(buf) {
                 Ok(req) => req
                     .resource_spans
                     .into_iter()
@@ -220,7 +223,7 @@ fn read_proto(
                 Err(e) => errors(fail(format!("not a protobuf trace export: {e}"))),
             }
         } else {
-            match ResourceSpans::decode(&buf[..]) {
+            match ResourceSpans::decode(buf) {
                 Ok(rs) => sink(&location, rs),
                 Err(e) => errors(fail(format!("not a protobuf trace export: {e}"))),
             }
@@ -243,7 +246,7 @@ fn varint_len(v: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry_proto::tonic::trace::v1::{ScopeSpans, Span};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn req(n: usize) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
@@ -269,7 +272,10 @@ mod tests {
             bytes,
             "f",
             format,
-            &mut |loc, rs| got.push(format!("{loc} {}", rs.scope_spans[0].spans[0].name)),
+            &mut |loc, rs| {
+                let name = String::from_utf8_lossy(&rs.scope_spans[0].spans[0].name).into_owned();
+                got.push(format!("{loc} {name}"))
+            },
             &mut |e| errs.push(e.to_string()),
         );
         (got, errs)

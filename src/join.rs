@@ -5,23 +5,33 @@
 //! the same span delivered twice changes nothing and spans of one request may
 //! arrive in any order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
 use crate::extract::Extracted;
-use crate::model::{CapObservation, Nanos, Observation, Request, Stamp};
+use crate::model::{CapObservation, Nanos, Observation, Request, RequestKey, Stamp, NONE};
 use crate::report::{Report, RunReport};
 use crate::window::{compute_run, CapPoint, Profile, TimelinePoint, WindowConfig};
 
-/// The joined state of one run.
+/// A fast hasher for maps whose keys are already hashes or short ids.
+pub type FastHash = foldhash::fast::FixedState;
+
+/// The joined state of one run: compact request records in a vector, found
+/// through their 64-bit keys, and the run's model names interned.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
-    pub requests: HashMap<String, Request>,
-    /// Cap observations in receive order, without duplicates.
-    caps: Vec<CapObservation>,
-    cap_seen: HashSet<CapObservation>,
+    requests: Vec<Request>,
+    #[serde(skip)]
+    index: HashMap<RequestKey, u32, FastHash>,
+    /// Model names; requests hold an index.
+    models: Vec<Box<str>>,
+    /// Cap observations of spans that were not request observations, in
+    /// receive order, without duplicates.
+    loose_caps: Vec<CapObservation>,
+    /// Receive order of cap observations.
+    cap_seq: u32,
     /// The smallest and largest request timestamps seen (the live
     /// watermark follows the largest).
     pub min_stamp: Option<Nanos>,
@@ -30,51 +40,156 @@ pub struct RunState {
 
 impl RunState {
     /// Merges one observation of this run.
-    pub fn apply(&mut self, o: &Observation) {
+    pub fn apply(&mut self, o: &Observation<'_>) {
         if o.is_request() {
-            match self.requests.get_mut(&o.request_id) {
-                Some(r) => r.merge(o),
+            let i = match self.index.get(&o.request) {
+                Some(&i) => i as usize,
                 None => {
-                    self.requests
-                        .insert(o.request_id.clone(), Request::from_observation(o));
+                    self.index.insert(o.request, self.requests.len() as u32);
+                    self.requests.push(Request::new(o.request, o.span));
+                    self.requests.len() - 1
+                }
+            };
+            let model = o.model.map(|m| self.model_id(m));
+            let models = &self.models;
+            let r = &mut self.requests[i];
+            r.merge(o);
+            // The smallest model name wins (order-independent).
+            if let Some(m) = model {
+                if r.model == NONE || models[m as usize] < models[r.model as usize] {
+                    r.model = m;
+                }
+            }
+            let timed = |x: &crate::model::Stamps| {
+                [Stamp::Admitted, Stamp::Queued, Stamp::Released]
+                    .iter()
+                    .any(|s| x.get(*s).is_some())
+            };
+            let cap_on_request = o.cap.filter(|_| timed(&r.stamps));
+            let loose = o.cap.filter(|_| !timed(&r.stamps));
+            if let Some(c) = cap_on_request {
+                if r.cap != c {
+                    r.cap = c;
+                    r.cap_seq = self.cap_seq;
+                    self.cap_seq = self.cap_seq.wrapping_add(1);
                 }
             }
             if let Some((lo, hi)) = o.stamps.bounds() {
                 self.min_stamp = Some(self.min_stamp.map_or(lo, |m| m.min(lo)));
                 self.max_stamp = Some(self.max_stamp.map_or(hi, |m| m.max(hi)));
             }
+            if let Some(value) = loose {
+                // No time on the request yet: resolved when the run is computed.
+                self.loose_cap(value, Some(o.request), o.span_start);
+            }
+        } else if let Some(value) = o.cap {
+            let request = o.explicit_request_id.then_some(o.request);
+            self.loose_cap(value, request, o.span_start);
         }
-        if let Some(c) = o.cap_observation() {
-            if self.cap_seen.insert(c.clone()) {
-                self.caps.push(c);
+    }
+
+    fn loose_cap(&mut self, value: u32, request: Option<RequestKey>, span_start: Nanos) {
+        {
+            let mut c = CapObservation {
+                value,
+                request,
+                span_start,
+                seq: 0,
+            };
+            let seen = self
+                .loose_caps
+                .iter()
+                .any(|x| (x.value, x.request, x.span_start) == (c.value, c.request, c.span_start));
+            if !seen {
+                c.seq = self.cap_seq;
+                self.cap_seq = self.cap_seq.wrapping_add(1);
+                self.loose_caps.push(c);
             }
         }
+    }
+
+    fn model_id(&mut self, m: &str) -> u32 {
+        match self.models.iter().position(|x| &**x == m) {
+            Some(i) => i as u32,
+            None => {
+                self.models.push(m.into());
+                (self.models.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The model name of a request.
+    pub fn model(&self, r: &Request) -> Option<&str> {
+        self.models.get(r.model as usize).map(|m| &**m)
+    }
+
+    /// The number of requests joined.
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
+
+    /// Whether a request with this key was joined.
+    pub fn contains(&self, key: RequestKey) -> bool {
+        self.index.contains_key(&key)
+    }
+
+    /// The requests, in join order.
+    pub fn requests(&self) -> &[Request] {
+        &self.requests
+    }
+
+    pub fn requests_mut(&mut self) -> &mut [Request] {
+        &mut self.requests
+    }
+
+    /// Rebuilds the key index (after deserializing).
+    pub fn reindex(&mut self) {
+        self.index = self
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.key, i as u32))
+            .collect();
     }
 
     /// Cap observations with their times resolved against the merged
     /// requests (SPEC §1: admitted_at, else queued_at, else released_at,
     /// else the span's start), in receive order.
     pub fn cap_points(&self) -> Vec<CapPoint> {
-        self.caps
+        let at = |r: &Request| {
+            r.get(Stamp::Admitted)
+                .or(r.get(Stamp::Queued))
+                .or(r.get(Stamp::Released))
+        };
+        let mut points: Vec<(u32, CapPoint)> = self
+            .requests
             .iter()
-            .map(|c| {
-                let r = c.request_id.as_ref().and_then(|id| self.requests.get(id));
-                let t = r
-                    .and_then(|r| {
-                        r.get(Stamp::Admitted)
-                            .or(r.get(Stamp::Queued))
-                            .or(r.get(Stamp::Released))
-                    })
-                    .unwrap_or(c.span_start);
-                CapPoint { t, value: c.value }
+            .filter(|r| r.cap != NONE)
+            .filter_map(|r| {
+                let t = at(r)?;
+                Some((r.cap_seq, CapPoint { t, value: r.cap }))
             })
-            .collect()
+            .collect();
+        points.extend(self.loose_caps.iter().map(|c| {
+            let r = c
+                .request
+                .and_then(|k| self.index.get(&k))
+                .map(|&i| &self.requests[i as usize]);
+            let t = r.and_then(at).unwrap_or(c.span_start);
+            (c.seq, CapPoint { t, value: c.value })
+        }));
+        points.sort_by_key(|(seq, _)| *seq);
+        points.into_iter().map(|(_, p)| p).collect()
     }
 
     /// The requests in a stable order (so float sums are reproducible).
     pub fn sorted_requests(&self) -> Vec<&Request> {
-        let mut reqs: Vec<&Request> = self.requests.values().collect();
-        reqs.sort_by_key(|r| (r.stamps.0, r.span));
+        let mut reqs: Vec<&Request> = self.requests.iter().collect();
+        reqs.sort_unstable_by_key(|r| (r.stamps, r.span, r.key));
         reqs
     }
 
@@ -100,7 +215,7 @@ pub struct SpanCounters {
 /// The concurrent join store: runs keyed by `run_id`.
 #[derive(Debug, Default)]
 pub struct Store {
-    pub runs: DashMap<String, RunState>,
+    pub runs: DashMap<String, RunState, FastHash>,
     pub counters: SpanCounters,
 }
 
@@ -110,11 +225,14 @@ impl Store {
     }
 
     /// Applies one extraction result, counting what is not an observation.
-    pub fn apply(&self, e: &Extracted) {
+    pub fn apply(&self, e: &Extracted<'_>) {
         match e {
             Extracted::Observation(o) => {
                 self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-                self.runs.entry(o.run_id.clone()).or_default().apply(o);
+                match self.runs.get_mut(&*o.run_id) {
+                    Some(mut run) => run.apply(o),
+                    None => self.runs.entry(o.run_id.to_string()).or_default().apply(o),
+                }
             }
             Extracted::NoRun => {
                 self.counters.ignored.fetch_add(1, Ordering::Relaxed);

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::export::web::TIMELINE_COLUMNS;
 use crate::extract::{Extracted, Rejection};
-use crate::join::RunState;
+use crate::join::{FastHash, RunState};
 use crate::model::{duration_secs, Cause, Nanos, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
@@ -278,7 +278,7 @@ pub struct EngineCounters {
 /// The live engine: joined runs, their export progress and finished runs.
 pub struct Engine {
     cfg: LiveConfig,
-    runs: DashMap<String, LiveRun>,
+    runs: DashMap<String, LiveRun, FastHash>,
     finals: Mutex<VecDeque<(String, FinalRun)>>,
     forgotten: Mutex<Vec<String>>,
     pub counters: EngineCounters,
@@ -291,7 +291,7 @@ impl Engine {
     pub fn new(cfg: LiveConfig) -> Engine {
         Engine {
             cfg,
-            runs: DashMap::new(),
+            runs: DashMap::default(),
             finals: Mutex::new(VecDeque::new()),
             forgotten: Mutex::new(Vec::new()),
             counters: EngineCounters::default(),
@@ -318,7 +318,8 @@ impl Engine {
 
     /// Restores a snapshot into an empty engine.
     pub fn restore(&self, snap: EngineSnapshot) {
-        for (id, run) in snap.runs {
+        for (id, mut run) in snap.runs {
+            run.join.reindex();
             self.runs.insert(id, run);
         }
         if let Ok(mut f) = self.finals.lock() {
@@ -339,16 +340,20 @@ impl Engine {
     ///
     /// # Errors
     /// [`Refusal`] when the batch cannot be taken now (retryable).
-    pub fn ingest(&self, items: Vec<Extracted>, now: Now) -> Result<IngestOutcome, Refusal> {
-        let mut new_runs: Vec<&str> = items
-            .iter()
-            .filter_map(|e| match e {
-                Extracted::Observation(o) if !self.runs.contains_key(&o.run_id) => {
-                    Some(o.run_id.as_str())
+    pub fn ingest(&self, items: Vec<Extracted<'_>>, now: Now) -> Result<IngestOutcome, Refusal> {
+        let mut new_runs: Vec<&str> = Vec::new();
+        let mut last: Option<&str> = None;
+        for e in &items {
+            if let Extracted::Observation(o) = e {
+                // Spans of one run tend to come together: look each run up once.
+                if last != Some(&*o.run_id) {
+                    last = Some(&*o.run_id);
+                    if !self.runs.contains_key(&*o.run_id) {
+                        new_runs.push(&o.run_id);
+                    }
                 }
-                _ => None,
-            })
-            .collect();
+            }
+        }
         new_runs.sort_unstable();
         new_runs.dedup();
         let live = self.runs.len();
@@ -365,24 +370,27 @@ impl Engine {
         for e in items {
             match e {
                 Extracted::Observation(o) => {
-                    let mut run = self
-                        .runs
-                        .entry(o.run_id.clone())
-                        .or_insert_with(|| LiveRun {
-                            join: RunState::default(),
-                            first_seen_unix_ns: now.unix_ns,
-                            last_span: now.mono,
-                            next_window: None,
-                            next_slice: None,
-                            gaps_done_until: i64::MIN,
-                            final_until: i64::MIN,
-                            windows: Vec::new(),
-                            late_spans: 0,
-                        });
+                    let mut run = match self.runs.get_mut(&*o.run_id) {
+                        Some(run) => run,
+                        None => self
+                            .runs
+                            .entry(o.run_id.to_string())
+                            .or_insert_with(|| LiveRun {
+                                join: RunState::default(),
+                                first_seen_unix_ns: now.unix_ns,
+                                last_span: now.mono,
+                                next_window: None,
+                                next_slice: None,
+                                gaps_done_until: i64::MIN,
+                                final_until: i64::MIN,
+                                windows: Vec::new(),
+                                late_spans: 0,
+                            }),
+                    };
                     run.last_span = now.mono;
                     if o.is_request()
-                        && run.join.requests.len() >= self.cfg.max_requests_per_run
-                        && !run.join.requests.contains_key(&o.request_id)
+                        && run.join.len() >= self.cfg.max_requests_per_run
+                        && !run.join.contains(o.request)
                     {
                         out.limited.push(format!(
                             "span {}: run {:?} holds the maximum of {} requests (--max-requests-per-run)",
@@ -557,14 +565,19 @@ impl Engine {
             run.gaps_done_until = g.end;
         }
         drop(reqs);
-        for r in run.join.requests.values_mut() {
+        let mut counted = Vec::new();
+        for (i, r) in run.join.requests().iter().enumerate() {
             let Some(t) = r.get(Stamp::Released) else {
                 continue;
             };
-            if !r.counted && (wm.is_none() || t < counted_until) {
-                r.counted = true;
-                out.requests.push(done(r, t));
+            if !r.counted() && (wm.is_none() || t < counted_until) {
+                counted.push(i);
+                out.requests.push(done(r, run.join.model(r), t));
             }
+        }
+        let reqs = run.join.requests_mut();
+        for i in counted {
+            reqs[i].set_counted();
         }
         out.requests
             .sort_by(|a, b| a.released.cmp(&b.released).then(a.span.cmp(&b.span)));
@@ -692,26 +705,26 @@ impl Engine {
     }
 }
 
-fn done(r: &Request, released: Nanos) -> DoneRequest {
+fn done(r: &Request, model: Option<&str>, released: Nanos) -> DoneRequest {
     let d = Derived::of(r);
     let ok = |x: Option<Result<Nanos, ()>>| {
         x.and_then(Result::ok)
-            .filter(|_| !r.failed)
+            .filter(|_| !r.failed())
             .map(duration_secs)
     };
-    let tokens = r.output_tokens.filter(|_| !r.failed);
+    let tokens = r.output_tokens().filter(|_| !r.failed());
     let rate = |t: Option<f64>| match (tokens, t) {
         (Some(n), Some(s)) if s > 0.0 => Some(n as f64 / s),
         _ => None,
     };
     let t_stream = ok(d.t_stream);
     DoneRequest {
-        model: r.model.clone(),
-        failed: r.failed,
+        model: model.map(str::to_string),
+        failed: r.failed(),
         released,
-        output_tokens: r.output_tokens.unwrap_or(0),
-        input_tokens: r.input_tokens.unwrap_or(0),
-        retries: r.retry_count.unwrap_or(0),
+        output_tokens: r.output_tokens().unwrap_or(0),
+        input_tokens: r.input_tokens().unwrap_or(0),
+        retries: r.retry_count().unwrap_or(0),
         span: r.span,
         t_queue: ok(d.t_queue),
         t_first_token: ok(d.t_first_token),

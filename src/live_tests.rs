@@ -6,23 +6,39 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Observation, Stamps, NANOS_PER_SEC};
+use crate::model::{request_key, Observation, Stamps, NANOS_PER_SEC};
 use crate::window::run_report;
 
 const T0: i64 = 1_800_000_000 * NANOS_PER_SEC;
 const SEC: i64 = NANOS_PER_SEC;
 
-fn obs(run: &str, id: &str, q: Option<f64>, a: Option<f64>, r: Option<f64>) -> Extracted {
+fn obs<'a>(
+    run: &'a str,
+    id: &str,
+    q: Option<f64>,
+    a: Option<f64>,
+    r: Option<f64>,
+) -> Extracted<'a> {
     let ns = |x: Option<f64>| x.map(|s| T0 + (s * 1e9).round() as i64);
-    Extracted::Observation(Box::new(Observation {
-        run_id: run.to_string(),
-        request_id: id.to_string(),
+    let mut stamps = Stamps::default();
+    for (s, t) in [
+        (Stamp::Queued, q),
+        (Stamp::Admitted, a),
+        (Stamp::Released, r),
+    ] {
+        if let Some(t) = ns(t) {
+            stamps.set(s, t);
+        }
+    }
+    Extracted::Observation(Observation {
+        run_id: run.into(),
+        request: request_key(id),
         explicit_request_id: true,
-        stamps: Stamps([ns(q), ns(a), None, None, ns(r)]),
+        stamps,
         cap: Some(1),
         output_tokens: Some(10),
         ..Observation::default()
-    }))
+    })
 }
 
 fn cfg(window: i64, step: i64, lateness: i64) -> LiveConfig {

@@ -76,36 +76,55 @@ impl Stamp {
     }
 }
 
-/// The five timestamps of a request, each optional.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamps(pub [Option<Nanos>; 5]);
+/// The five timestamps of a request, each optional. Stored as integers with
+/// a sentinel for "absent" (timestamps are never negative), 40 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Stamps([Nanos; 5]);
+
+/// The "absent" sentinel of [`Stamps`].
+const NO_STAMP: Nanos = Nanos::MIN;
+
+impl Default for Stamps {
+    fn default() -> Self {
+        Stamps([NO_STAMP; 5])
+    }
+}
 
 impl Stamps {
     pub fn get(&self, s: Stamp) -> Option<Nanos> {
-        self.0[s as usize]
+        let t = self.0[s as usize];
+        (t != NO_STAMP).then_some(t)
     }
 
+    /// Sets a timestamp (`NO_STAMP` can never be set: it is not a valid time).
     pub fn set(&mut self, s: Stamp, t: Nanos) {
-        self.0[s as usize] = Some(t);
+        self.0[s as usize] = t;
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.iter().all(Option::is_none)
+        self.0.iter().all(|&t| t == NO_STAMP)
+    }
+
+    /// The known timestamps, in lifecycle order.
+    pub fn known(&self) -> impl Iterator<Item = Nanos> + '_ {
+        self.0.iter().copied().filter(|&t| t != NO_STAMP)
     }
 
     /// Earliest and latest known timestamp.
     pub fn bounds(&self) -> Option<(Nanos, Nanos)> {
-        let mut it = self.0.iter().flatten();
-        let first = *it.next()?;
-        Some(it.fold((first, first), |(lo, hi), &t| (lo.min(t), hi.max(t))))
+        let mut it = self.known();
+        let first = it.next()?;
+        Some(it.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t))))
     }
 
     /// Field-by-field merge (see [`Stamp::merge`]); idempotent and commutative.
     pub fn merge(&mut self, other: &Stamps) {
         for s in Stamp::ALL {
             let v = match (self.get(s), other.get(s)) {
-                (Some(a), Some(b)) => Some(s.merge(a, b)),
-                (a, b) => a.or(b),
+                (Some(a), Some(b)) => s.merge(a, b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => continue,
             };
             self.0[s as usize] = v;
         }
@@ -142,112 +161,204 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// A cap observation: `value` observed on a span; its time is resolved
-/// against the merged request when the run is computed (SPEC §1: admitted_at,
-/// else queued_at, else released_at, else the span's start).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct CapObservation {
-    pub value: u32,
-    /// The request the span named explicitly, if any.
-    pub request_id: Option<String>,
-    pub span_start: Nanos,
+/// The join key of a request: a 64-bit hash (XXH3, a fixed published
+/// algorithm, so keys survive restarts) of its `request_id`, or of the span id
+/// in lowercase hex when the span names no request. Two distinct ids of one
+/// run collide with probability about n²/2⁶⁵ (3·10⁻⁸ for a million requests).
+pub type RequestKey = u64;
+
+/// The key of a request id.
+pub fn request_key(id: &str) -> RequestKey {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
-/// What one span says about one request (the output of `extract`).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Observation {
-    pub run_id: String,
-    pub request_id: String,
-    /// True when `request_id` came from an attribute, not the span id.
+/// The key of the request id that a span without one falls back to: its span
+/// id in lowercase hex (hashed without allocating).
+pub fn span_request_key(span_id: &[u8; 8]) -> RequestKey {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    for (i, b) in span_id.iter().enumerate() {
+        buf[2 * i] = DIGITS[usize::from(b >> 4)];
+        buf[2 * i + 1] = DIGITS[usize::from(b & 15)];
+    }
+    xxhash_rust::xxh3::xxh3_64(&buf)
+}
+
+/// What one span says about one request (the output of `extract`). It
+/// borrows the strings of the decoded request it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation<'a> {
+    pub run_id: std::borrow::Cow<'a, str>,
+    pub request: RequestKey,
+    /// True when the request id came from an attribute, not the span id.
     pub explicit_request_id: bool,
     pub stamps: Stamps,
     pub output_tokens: Option<u64>,
     pub input_tokens: Option<u64>,
     pub retry_count: Option<u64>,
-    pub retry_causes: Vec<String>,
-    pub model: Option<String>,
+    pub model: Option<&'a str>,
     pub failed: bool,
     pub cap: Option<u32>,
     pub span: SpanRef,
     pub span_start: Nanos,
 }
 
-impl Observation {
+impl Default for Observation<'_> {
+    fn default() -> Self {
+        Observation {
+            run_id: std::borrow::Cow::Borrowed(""),
+            request: 0,
+            explicit_request_id: false,
+            stamps: Stamps::default(),
+            output_tokens: None,
+            input_tokens: None,
+            retry_count: None,
+            model: None,
+            failed: false,
+            cap: None,
+            span: SpanRef::default(),
+            span_start: 0,
+        }
+    }
+}
+
+impl Observation<'_> {
     /// SPEC §2: a span is a request observation when it carries at least one
     /// of the five timestamps.
     pub fn is_request(&self) -> bool {
         !self.stamps.is_empty()
     }
+}
 
-    /// The cap observation this span carries, if any.
-    pub fn cap_observation(&self) -> Option<CapObservation> {
-        self.cap.map(|value| CapObservation {
-            value,
-            request_id: (self.is_request() || self.explicit_request_id)
-                .then(|| self.request_id.clone()),
-            span_start: self.span_start,
-        })
+/// A cap observation not carried by a request observation: `value` observed
+/// on a span; its time is resolved against the merged request named by
+/// `request` if that exists when the run is computed, else the span's start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CapObservation {
+    pub value: u32,
+    pub request: Option<RequestKey>,
+    pub span_start: Nanos,
+    /// Receive order within the run (of two caps at one instant, the later
+    /// one wins).
+    pub seq: u32,
+}
+
+/// No model, or no cap (in [`Request`]).
+pub const NONE: u32 = u32::MAX;
+
+/// A request as joined from all its observations: 112 bytes, no heap.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub stamps: Stamps,
+    pub key: RequestKey,
+    output_tokens: u64,
+    input_tokens: u64,
+    retry_count: u64,
+    /// The smallest span reference seen, a stable pick for exemplars.
+    pub span: SpanRef,
+    /// Index into the run's model names, or [`NONE`].
+    pub model: u32,
+    /// The cap observed last on a span of this request, or [`NONE`], and its
+    /// receive order in the run.
+    pub cap: u32,
+    pub cap_seq: u32,
+    flags: u8,
+}
+
+const HAS_OUTPUT: u8 = 1;
+const HAS_INPUT: u8 = 2;
+const HAS_RETRY: u8 = 4;
+const FAILED: u8 = 8;
+const COUNTED: u8 = 16;
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            stamps: Stamps::default(),
+            key: 0,
+            output_tokens: 0,
+            input_tokens: 0,
+            retry_count: 0,
+            span: SpanRef::default(),
+            model: NONE,
+            cap: NONE,
+            cap_seq: 0,
+            flags: 0,
+        }
     }
 }
 
-/// A request as joined from all its observations.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Request {
-    pub stamps: Stamps,
-    pub output_tokens: Option<u64>,
-    pub input_tokens: Option<u64>,
-    pub retry_count: Option<u64>,
-    pub retry_causes: Vec<String>,
-    pub model: Option<String>,
-    pub failed: bool,
-    /// The smallest span reference seen, a stable pick for exemplars.
-    pub span: SpanRef,
-    /// Live-service bookkeeping: already counted in the cumulative metrics
-    /// (never touched by merging).
-    pub counted: bool,
-}
-
 impl Request {
-    pub fn from_observation(o: &Observation) -> Request {
-        let mut r = Request {
-            span: o.span,
+    /// A request with nothing merged yet.
+    pub fn new(key: RequestKey, span: SpanRef) -> Request {
+        Request {
+            key,
+            span,
             ..Request::default()
-        };
+        }
+    }
+
+    /// A request from one observation (model and cap aside: see
+    /// [`Request::merge`]).
+    pub fn from_observation(o: &Observation<'_>) -> Request {
+        let mut r = Request::new(o.request, o.span);
         r.merge(o);
         r
     }
 
     /// Field-by-field merge. Idempotent and order-independent: timestamps per
-    /// [`Stamps::merge`], counts take the maximum, causes form a sorted set,
-    /// the model keeps the smallest name, failure is sticky.
-    pub fn merge(&mut self, o: &Observation) {
+    /// [`Stamps::merge`], counts take the maximum, failure is sticky. The
+    /// model (an index into the run's names, chosen by the caller: the
+    /// smallest name wins) and the cap are set by the run.
+    pub fn merge(&mut self, o: &Observation<'_>) {
         self.stamps.merge(&o.stamps);
-        self.output_tokens = max_opt(self.output_tokens, o.output_tokens);
-        self.input_tokens = max_opt(self.input_tokens, o.input_tokens);
-        self.retry_count = max_opt(self.retry_count, o.retry_count);
-        for c in &o.retry_causes {
-            if let Err(i) = self.retry_causes.binary_search(c) {
-                self.retry_causes.insert(i, c.clone());
+        let mut count = |flag: u8, dst: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *dst = if self.flags & flag != 0 {
+                    (*dst).max(v)
+                } else {
+                    v
+                };
+                self.flags |= flag;
             }
+        };
+        count(HAS_OUTPUT, &mut self.output_tokens, o.output_tokens);
+        count(HAS_INPUT, &mut self.input_tokens, o.input_tokens);
+        count(HAS_RETRY, &mut self.retry_count, o.retry_count);
+        if o.failed {
+            self.flags |= FAILED;
         }
-        if let Some(m) = &o.model {
-            if self.model.as_ref().is_none_or(|cur| m < cur) {
-                self.model = Some(m.clone());
-            }
-        }
-        self.failed |= o.failed;
         self.span = self.span.min(o.span);
     }
 
     pub fn get(&self, s: Stamp) -> Option<Nanos> {
         self.stamps.get(s)
     }
-}
 
-fn max_opt(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.max(y)),
-        (x, y) => x.or(y),
+    pub fn output_tokens(&self) -> Option<u64> {
+        (self.flags & HAS_OUTPUT != 0).then_some(self.output_tokens)
+    }
+
+    pub fn input_tokens(&self) -> Option<u64> {
+        (self.flags & HAS_INPUT != 0).then_some(self.input_tokens)
+    }
+
+    pub fn retry_count(&self) -> Option<u64> {
+        (self.flags & HAS_RETRY != 0).then_some(self.retry_count)
+    }
+
+    pub fn failed(&self) -> bool {
+        self.flags & FAILED != 0
+    }
+
+    /// Live-service bookkeeping: already counted in the cumulative metrics
+    /// (never touched by merging).
+    pub fn counted(&self) -> bool {
+        self.flags & COUNTED != 0
+    }
+
+    pub fn set_counted(&mut self) {
+        self.flags |= COUNTED;
     }
 }
 
@@ -306,12 +417,42 @@ mod tests {
         assert_eq!(ab.get(Stamp::Queued), Some(3));
         assert_eq!(ab.get(Stamp::Released), Some(12));
         assert_eq!(ab.get(Stamp::Admitted), Some(7));
+        assert_eq!(ab.get(Stamp::FirstToken), None);
         let again = {
             let mut x = ab;
             x.merge(&b);
             x
         };
         assert_eq!(again, ab);
+    }
+
+    #[test]
+    fn compact_request() {
+        assert_eq!(std::mem::size_of::<Request>(), 112);
+        assert_eq!(
+            span_request_key(&[0, 0, 0, 0, 0, 0, 0xab, 7]),
+            request_key("000000000000ab07")
+        );
+        let mut r = Request::new(1, SpanRef::default());
+        assert_eq!(r.output_tokens(), None);
+        let o = Observation {
+            output_tokens: Some(0),
+            retry_count: Some(3),
+            failed: true,
+            ..Observation::default()
+        };
+        r.merge(&o);
+        r.merge(&Observation {
+            output_tokens: Some(9),
+            retry_count: Some(1),
+            ..Observation::default()
+        });
+        assert_eq!(r.output_tokens(), Some(9));
+        assert_eq!(r.retry_count(), Some(3));
+        assert_eq!(r.input_tokens(), None);
+        assert!(r.failed() && !r.counted());
+        r.set_counted();
+        assert!(r.counted() && r.failed());
     }
 
     #[test]

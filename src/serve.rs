@@ -18,8 +18,6 @@ use crate::extract::{AttributeNames, Extractor};
 use crate::ingest::{grpc, http, Pipeline};
 use crate::live::{Engine, LiveConfig, Now, RunOutput};
 use crate::wal::Wal;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 
 /// Validated settings of the service.
 #[derive(Clone, Debug)]
@@ -201,7 +199,7 @@ pub async fn run(
             engine.restore(snap);
         }
         for bytes in &rec.records {
-            match ExportTraceServiceRequest::decode(&bytes[..]) {
+            match crate::lean::decode(bytes::Bytes::from(bytes.clone())) {
                 Ok(req) => pipeline.replay(&req),
                 Err(e) => tracing::warn!(error = %e, "undecodable write-ahead log record skipped"),
             }

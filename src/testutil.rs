@@ -11,10 +11,15 @@ use crate::model::{Nanos, Request, Stamp, Stamps};
 /// A request from its five optional timestamps (queued, admitted, first
 /// token, last token, released), in nanoseconds.
 pub fn request(t: [Option<Nanos>; 5]) -> Request {
-    Request {
-        stamps: Stamps(t),
-        ..Request::default()
+    let mut stamps = Stamps::default();
+    for (s, t) in Stamp::ALL.into_iter().zip(t) {
+        if let Some(t) = t {
+            stamps.set(s, t);
+        }
     }
+    let mut r = Request::default();
+    r.stamps = stamps;
+    r
 }
 
 /// A request that is queued at `q`, admitted at `a` and released at `r`

@@ -468,15 +468,15 @@ pub struct Counts {
 impl Counts {
     pub fn add(&mut self, r: &Request) {
         self.requests += 1;
-        if r.failed {
+        if r.failed() {
             self.failed += 1;
         } else {
             self.succeeded += 1;
             self.output_tokens = self
                 .output_tokens
-                .saturating_add(r.output_tokens.unwrap_or(0));
+                .saturating_add(r.output_tokens().unwrap_or(0));
         }
-        self.retries = self.retries.saturating_add(r.retry_count.unwrap_or(0));
+        self.retries = self.retries.saturating_add(r.retry_count().unwrap_or(0));
     }
 }
 
@@ -596,7 +596,7 @@ impl Samples {
         push(&mut self.t_first_token, ok(d.t_first_token));
         push(&mut self.t_stream, ok(d.t_stream));
         push(&mut self.t_in_flight, ok(d.t_in_flight));
-        let Some(tokens) = r.output_tokens else {
+        let Some(tokens) = r.output_tokens() else {
             return;
         };
         if let Some(s) = ok(d.t_stream) {
@@ -659,7 +659,7 @@ pub fn compute_run(
     let mut totals = Counts::default();
     for r in requests {
         rep.requests.total += 1;
-        if r.failed {
+        if r.failed() {
             rep.requests.failed += 1;
         } else {
             rep.requests.succeeded += 1;
@@ -669,12 +669,14 @@ pub fn compute_run(
         }
         rep.output_tokens = rep
             .output_tokens
-            .saturating_add(r.output_tokens.unwrap_or(0));
-        rep.input_tokens = rep.input_tokens.saturating_add(r.input_tokens.unwrap_or(0));
-        rep.retries = rep.retries.saturating_add(r.retry_count.unwrap_or(0));
+            .saturating_add(r.output_tokens().unwrap_or(0));
+        rep.input_tokens = rep
+            .input_tokens
+            .saturating_add(r.input_tokens().unwrap_or(0));
+        rep.retries = rep.retries.saturating_add(r.retry_count().unwrap_or(0));
         let d = Derived::of(r);
         rep.invalid.negative_interval += d.negative_count();
-        if !r.failed {
+        if !r.failed() {
             samples.add(r, &d);
         }
         if r.get(Stamp::Released).is_some() {

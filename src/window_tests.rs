@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::NANOS_PER_SEC;
+use crate::model::{Observation, NANOS_PER_SEC};
 use crate::report::RunReport;
 
 /// 2027-01-15T08:00:00Z, a multiple of every window step used here.
@@ -276,12 +276,18 @@ fn derived_metrics_and_failures() {
     let mut a = r(Some(0.0), Some(1.0), Some(5.0));
     a.stamps.set(Stamp::FirstToken, at(1.5));
     a.stamps.set(Stamp::LastToken, at(4.5));
-    a.output_tokens = Some(31);
-    a.input_tokens = Some(100);
+    a.merge(&Observation {
+        output_tokens: Some(31),
+        input_tokens: Some(100),
+        ..Observation::default()
+    });
     let mut f = r(Some(0.0), Some(2.0), Some(3.0));
-    f.failed = true;
-    f.output_tokens = Some(7);
-    f.retry_count = Some(3);
+    f.merge(&Observation {
+        failed: true,
+        output_tokens: Some(7),
+        retry_count: Some(3),
+        ..Observation::default()
+    });
     let rep = report(&[a, f], &[], &cfg(10.0, 10.0));
     let l = &rep.latency;
     assert_eq!(l.t_first_token.mean, Some(0.5));
@@ -305,7 +311,10 @@ fn single_token_and_zero_stream_time() {
     let mut a = r(None, Some(0.0), Some(2.0));
     a.stamps.set(Stamp::FirstToken, at(1.0));
     a.stamps.set(Stamp::LastToken, at(1.0));
-    a.output_tokens = Some(1);
+    a.merge(&Observation {
+        output_tokens: Some(1),
+        ..Observation::default()
+    });
     let rep = report(&[a], &[], &cfg(10.0, 10.0));
     let l = &rep.latency;
     assert_eq!(l.t_stream.count, 1, "a zero interval is valid");

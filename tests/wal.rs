@@ -85,7 +85,8 @@ fn stream(run: &str) -> (Vec<ExportTraceServiceRequest>, Value) {
     let store = Store::new();
     let x = Extractor::default();
     for r in &reqs {
-        x.request(r, |e| store.apply(&e));
+        let lean = tpsgap::lean::ExportTraceServiceRequest::from(r.clone());
+        x.request(&lean, |e| store.apply(&e));
     }
     let rep = store.report(&WindowConfig {
         window: 5 * SEC,

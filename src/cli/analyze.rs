@@ -66,8 +66,8 @@ pub fn load(files: &[String], format: InputFormat, preset: Option<Preset>) -> (S
     let store = Store::new();
     let mut problems = Vec::new();
     for name in files {
-        let mut sink = |loc: &str, rs| {
-            extractor.resource_spans(&rs, &mut |e: Extracted| {
+        let mut sink = |loc: &str, rs: crate::lean::ResourceSpans| {
+            extractor.resource_spans(&rs, &mut |e: Extracted<'_>| {
                 if let Extracted::Rejected(r) = &e {
                     problems.push(format!("{loc}: {r}"));
                 }

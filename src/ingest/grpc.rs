@@ -1,26 +1,23 @@
-//! OTLP/gRPC `TraceService/Export`.
+//! OTLP/gRPC `TraceService/Export`, decoding requests with the lean
+//! zero-copy schema ([`crate::lean`]).
 
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
-use tonic::{Code, Request, Response, Status};
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{http, BoxFuture, Service};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::Pipeline;
 use crate::auth::{GrpcAuth, Token};
+use crate::lean::{self, ExportTraceServiceRequest};
 use crate::live::Refusal;
-use tonic::service::interceptor::InterceptedService;
-
-/// The gRPC receiver.
-pub struct GrpcReceiver {
-    pub pipeline: Arc<Pipeline>,
-}
 
 /// The one place where refusals become gRPC statuses: overload is
 /// `UNAVAILABLE` with a `google.rpc.RetryInfo` delay, as the OTLP
@@ -34,17 +31,114 @@ fn status(r: Refusal) -> Status {
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.pipeline
-            .handle(request.get_ref())
-            .await
-            .map(Response::new)
-            .map_err(status)
+/// The path of OTLP's trace export method.
+const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A decoded request with the bytes it was decoded from (which its strings
+/// slice, and which the write-ahead log stores as they are).
+type Decoded = (ExportTraceServiceRequest, Bytes);
+
+/// Requests are decoded lean from the message buffer; responses are encoded
+/// with the full OTLP types.
+#[derive(Clone, Copy, Debug, Default)]
+struct LeanCodec;
+
+impl Codec for LeanCodec {
+    type Encode = ExportTraceServiceResponse;
+    type Decode = Decoded;
+    type Encoder = LeanCodec;
+    type Decoder = LeanCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        LeanCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        LeanCodec
+    }
+}
+
+impl Encoder for LeanCodec {
+    type Item = ExportTraceServiceResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        prost::Message::encode(&item, dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for LeanCodec {
+    type Item = Decoded;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Decoded>, Status> {
+        // Splits the message off the receive buffer without copying it.
+        let raw = src.copy_to_bytes(src.remaining());
+        let req = lean::decode(raw.clone())
+            .map_err(|e| Status::invalid_argument(format!("not an OTLP trace export: {e}")))?;
+        Ok(Some((req, raw)))
+    }
+}
+
+/// The gRPC receiver: `TraceService/Export` and nothing else.
+#[derive(Clone)]
+pub struct GrpcReceiver {
+    pipeline: Arc<Pipeline>,
+    max_message: usize,
+}
+
+impl NamedService for GrpcReceiver {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+struct Export(Arc<Pipeline>);
+
+impl UnaryService<Decoded> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = BoxFuture<tonic::Response<Self::Response>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Decoded>) -> Self::Future {
+        let pipeline = Arc::clone(&self.0);
+        Box::pin(async move {
+            let (req, raw) = request.into_inner();
+            pipeline
+                .handle(&req, Some(raw))
+                .await
+                .map(tonic::Response::new)
+                .map_err(status)
+        })
+    }
+}
+
+impl<B> Service<http::Request<B>> for GrpcReceiver
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != EXPORT {
+            return Box::pin(async {
+                Ok(Status::unimplemented("only TraceService/Export is served").into_http())
+            });
+        }
+        let pipeline = Arc::clone(&self.pipeline);
+        let max_message = self.max_message;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(LeanCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .send_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max_message);
+            Ok(grpc.unary(Export(pipeline), req).await)
+        })
     }
 }
 
@@ -54,13 +148,14 @@ pub fn service(
     pipeline: Arc<Pipeline>,
     max_message: usize,
     token: Option<Token>,
-) -> InterceptedService<TraceServiceServer<GrpcReceiver>, GrpcAuth> {
-    let svc = TraceServiceServer::new(GrpcReceiver { pipeline })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_message);
-    InterceptedService::new(svc, GrpcAuth(token))
+) -> InterceptedService<GrpcReceiver, GrpcAuth> {
+    InterceptedService::new(
+        GrpcReceiver {
+            pipeline,
+            max_message,
+        },
+        GrpcAuth(token),
+    )
 }
 
 /// The gRPC library answers a message over the size limit with

@@ -198,11 +198,17 @@ async fn export(
 ) -> Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, HttpError>
 {
     let raw = decompress(headers, body, s.max_message)?;
-    let req = match enc {
-        Encoding::Protobuf => ExportTraceServiceRequest::decode(raw)
-            .map_err(|e| HttpError::Undecodable(e.to_string()))?,
-        Encoding::Json => serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
-            .map_err(|e| HttpError::Undecodable(e.to_string()))?,
+    let (req, raw) = match enc {
+        Encoding::Protobuf => (
+            crate::lean::decode(raw.clone()).map_err(|e| HttpError::Undecodable(e.to_string()))?,
+            Some(raw),
+        ),
+        Encoding::Json => (
+            serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
+                .map_err(|e| HttpError::Undecodable(e.to_string()))?
+                .into(),
+            None,
+        ),
     };
-    Ok(s.pipeline.handle(&req).await?)
+    Ok(s.pipeline.handle(&req, raw).await?)
 }

@@ -9,11 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 
 use crate::extract::Extractor;
+use crate::lean::ExportTraceServiceRequest;
 use crate::live::{Engine, Now, Refusal};
 
 /// At most this many rejection reasons are quoted in a partial success.
@@ -90,7 +92,9 @@ impl Pipeline {
         }
     }
 
-    /// Extracts and joins every span of a request.
+    /// Extracts and joins every span of a request. `raw` is the request's
+    /// protobuf encoding when the caller has it (the write-ahead log stores
+    /// it; without it the request is encoded for the log).
     ///
     /// # Errors
     /// [`Refusal`] when the request is refused as a whole; nothing of it was
@@ -98,6 +102,7 @@ impl Pipeline {
     pub async fn handle(
         &self,
         req: &ExportTraceServiceRequest,
+        raw: Option<Bytes>,
     ) -> Result<ExportTraceServiceResponse, Refusal> {
         let spans: usize = req
             .resource_spans
@@ -126,7 +131,8 @@ impl Pipeline {
         let now = Now::system(tokio::time::Instant::now().into_std());
         let out = self.engine.ingest(items, now)?;
         if let (Some(wal), true) = (&self.wal, out.accepted > 0) {
-            wal.append(prost::Message::encode_to_vec(req))
+            let bytes = raw.map_or_else(|| prost::Message::encode_to_vec(req), |b| b.to_vec());
+            wal.append(bytes)
                 .await
                 .map_err(|e| Refusal::NotDurable(e.to_string()))?;
         }
