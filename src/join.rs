@@ -32,6 +32,8 @@ pub struct RunState {
     loose_caps: Vec<CapObservation>,
     /// Receive order of cap observations.
     cap_seq: u32,
+    /// Requests a live run has not retired yet (indices, see `live`).
+    open: Vec<u32>,
     /// The smallest and largest request timestamps seen (the live
     /// watermark follows the largest).
     pub min_stamp: Option<Nanos>,
@@ -45,7 +47,9 @@ impl RunState {
             let i = match self.index.get(&o.request) {
                 Some(&i) => i as usize,
                 None => {
-                    self.index.insert(o.request, self.requests.len() as u32);
+                    let i = self.requests.len() as u32;
+                    self.index.insert(o.request, i);
+                    self.open.push(i);
                     self.requests.push(Request::new(o.request, o.span));
                     self.requests.len() - 1
                 }
@@ -146,6 +150,26 @@ impl RunState {
         &mut self.requests
     }
 
+    /// The requests a live run has not retired, and the requests.
+    pub fn open_mut(&mut self) -> (&mut Vec<u32>, &mut [Request]) {
+        (&mut self.open, &mut self.requests)
+    }
+
+    /// Cap observations not carried on a request, resolved (receive order).
+    pub fn loose_cap_points(&self) -> Vec<CapPoint> {
+        self.loose_caps
+            .iter()
+            .map(|c| {
+                let r = c
+                    .request
+                    .and_then(|k| self.index.get(&k))
+                    .map(|&i| &self.requests[i as usize]);
+                let t = r.and_then(cap_time).unwrap_or(c.span_start);
+                CapPoint { t, value: c.value }
+            })
+            .collect()
+    }
+
     /// Rebuilds the key index (after deserializing).
     pub fn reindex(&mut self) {
         self.index = self
@@ -160,11 +184,7 @@ impl RunState {
     /// requests (SPEC §1: admitted_at, else queued_at, else released_at,
     /// else the span's start), in receive order.
     pub fn cap_points(&self) -> Vec<CapPoint> {
-        let at = |r: &Request| {
-            r.get(Stamp::Admitted)
-                .or(r.get(Stamp::Queued))
-                .or(r.get(Stamp::Released))
-        };
+        let at = cap_time;
         let mut points: Vec<(u32, CapPoint)> = self
             .requests
             .iter()
@@ -202,6 +222,14 @@ impl RunState {
     pub fn compute(&self, run_id: &str, cfg: &WindowConfig) -> (RunReport, Option<Profile>) {
         compute_run(run_id, &self.sorted_requests(), &self.cap_points(), cfg)
     }
+}
+
+/// When a cap observed on a request applies (SPEC §1): admitted_at, else
+/// queued_at, else released_at.
+pub fn cap_time(r: &Request) -> Option<Nanos> {
+    r.get(Stamp::Admitted)
+        .or(r.get(Stamp::Queued))
+        .or(r.get(Stamp::Released))
 }
 
 /// Counters of spans that did not become observations.

@@ -19,8 +19,8 @@ use crate::join::{FastHash, RunState};
 use crate::model::{duration_secs, Cause, Nanos, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
-    compute_run, in_flight_interval, queued_interval, window_reports, windows_overlapping, Counts,
-    Derived, GapInterval, TimelinePoint, WindowConfig,
+    in_flight_interval, queued_interval, window_reports, windows_overlapping, Counts, Derived, Ev,
+    GapInterval, Profile, SweepState, TimelinePoint, WindowConfig,
 };
 
 /// The moment of a call: a monotonic instant for timeouts and the Unix time
@@ -149,6 +149,87 @@ struct LiveRun {
     final_until: Nanos,
     windows: Vec<WindowReport>,
     late_spans: u64,
+    /// The sweep line's state at the frontier: everything before it is
+    /// final, and the requests wholly before it are retired from the sweep
+    /// (`None` before the first finalization).
+    sweep: Option<SweepState>,
+    /// A gap in progress at the frontier, measured up to it.
+    open_gap: Option<GapInterval>,
+}
+
+/// Bits of [`Request::swept`]: the sweep events already swept past.
+const SWEPT_QUEUE_IN: u8 = 1;
+const SWEPT_QUEUE_OUT: u8 = 2;
+const SWEPT_ADMIT: u8 = 4;
+const SWEPT_RELEASE: u8 = 8;
+const SWEPT_CAP: u8 = 16;
+
+/// An event's time, its request and its [`Request::swept`] bit.
+type Mark = (Nanos, u32, u8);
+
+/// The sweep events of the open requests of a run from `from` on, each with
+/// the request and bit it marks once swept past. An event not swept past
+/// yet but dated before `from` (a late span) takes effect at `from`.
+fn open_events(
+    open: &[u32],
+    reqs: &[Request],
+    run_end: Nanos,
+    from: Nanos,
+) -> (Vec<(Nanos, Ev)>, Vec<Mark>) {
+    let mut events = Vec::with_capacity(open.len() * 4);
+    let mut marks = Vec::with_capacity(open.len() * 4);
+    let mut caps: Vec<(u32, Nanos, u32, u32)> = Vec::new();
+    for &i in open {
+        let r = &reqs[i as usize];
+        let mut push = |bit: u8, t: Nanos, e: Ev| {
+            if r.swept & bit == 0 {
+                events.push((t.max(from), e));
+                marks.push((t.max(from), i, bit));
+            }
+        };
+        let pair = [
+            (
+                queued_interval(r, run_end).map(|(a, b)| (a, b, Ev::QueueOut)),
+                SWEPT_QUEUE_IN,
+                SWEPT_QUEUE_OUT,
+                Ev::QueueIn,
+                Ev::QueueOut,
+            ),
+            (
+                in_flight_interval(r, run_end)
+                    .map(|(a, b)| (a, b, Ev::Release { slot: b < run_end })),
+                SWEPT_ADMIT,
+                SWEPT_RELEASE,
+                Ev::Admit,
+                Ev::Release { slot: false },
+            ),
+        ];
+        for (interval, start_bit, end_bit, start_ev, stale_end) in pair {
+            match interval {
+                // An end swept past means the start was too.
+                Some(_) if r.swept & end_bit != 0 => {}
+                Some((a, b, end_ev)) => {
+                    push(start_bit, a, start_ev);
+                    push(end_bit, b, end_ev);
+                }
+                // An interval that started and no longer exists ends now.
+                None if r.swept & start_bit != 0 => push(end_bit, from, stale_end),
+                None => {}
+            }
+        }
+        if r.cap != crate::model::NONE && r.swept & SWEPT_CAP == 0 {
+            if let Some(t) = crate::join::cap_time(r) {
+                caps.push((r.cap_seq, t.max(from), r.cap, i));
+            }
+        }
+    }
+    // Caps in receive order (the sort of events is stable).
+    caps.sort_unstable_by_key(|c| c.0);
+    for ((_, t, value, i), order) in caps.into_iter().zip(0u32..) {
+        events.push((t, Ev::Cap { order, value }));
+        marks.push((t, i, SWEPT_CAP));
+    }
+    (events, marks)
 }
 
 /// A finished run kept for the API.
@@ -385,6 +466,8 @@ impl Engine {
                                 final_until: i64::MIN,
                                 windows: Vec::new(),
                                 late_spans: 0,
+                                sweep: None,
+                                open_gap: None,
                             }),
                     };
                     run.last_span = now.mono;
@@ -475,8 +558,14 @@ impl Engine {
         window * w.step + w.window <= wm || (slice + 1) * w.step <= wm
     }
 
-    /// Computes the run and takes out what is final up to watermark `wm`
-    /// (everything when `wm` is `None`).
+    /// Takes out what is final up to watermark `wm` (everything when `wm`
+    /// is `None`, when the run ends; then it also returns the run's whole
+    /// report and timeline).
+    ///
+    /// Incremental: it sweeps only the open requests, from the frontier
+    /// where the last call left the sweep line, and retires the requests
+    /// that end before the new frontier; so its cost follows the requests of
+    /// the last window and the lateness, not the length of the run.
     fn advance(
         &self,
         id: &str,
@@ -484,8 +573,6 @@ impl Engine {
         wm: Option<Nanos>,
     ) -> (RunOutput, RunReport, Vec<TimelinePoint>) {
         let w = self.cfg.window;
-        let reqs = run.join.sorted_requests();
-        let (report, profile) = compute_run(id, &reqs, &run.join.cap_points(), &w);
         let mut out = RunOutput {
             run_id: id.to_string(),
             start_unix_ns: run.first_seen_unix_ns,
@@ -495,10 +582,17 @@ impl Engine {
             gaps: Vec::new(),
             finalized: wm.is_none(),
         };
-        let Some(p) = profile else {
-            return (out, report, Vec::new());
+        let (report, timeline) = if wm.is_none() {
+            let (report, profile) = run.join.compute(id, &w);
+            let tl = profile.map(|p| p.timeline(TIMELINE_COLUMNS));
+            (report, tl.unwrap_or_default())
+        } else {
+            (RunReport::default(), Vec::new())
         };
-        let (first, last) = windows_overlapping(p.start, p.end, &w);
+        let (Some(run_start), Some(run_end)) = (run.join.min_stamp, run.join.max_stamp) else {
+            return (out, report, timeline);
+        };
+        let (first, last) = windows_overlapping(run_start, run_end, &w);
         let (wlast, slast, cut) = match wm {
             // Final windows end at or before the watermark.
             Some(wm) => (
@@ -506,19 +600,92 @@ impl Engine {
                 wm.div_euclid(w.step) - 1,
                 wm,
             ),
-            None => (last, (p.end - 1).div_euclid(w.step), i64::MAX),
+            None => (last, (run_end - 1).div_euclid(w.step), i64::MAX),
         };
         let from = run.next_window.unwrap_or(first).max(first);
         let to = wlast.min(last);
-        let gaps = p.gaps();
+        let sfirst = run.next_slice.unwrap_or(run_start.div_euclid(w.step));
+        let next_window = if from <= to { to + 1 } else { from };
+        let next_slice = if sfirst <= slast { slast + 1 } else { sfirst };
+        // The new frontier: the start of the first window or slice not final.
+        let frontier = next_window
+            .saturating_mul(w.step)
+            .min(next_slice.saturating_mul(w.step));
+
+        let loose = run.join.loose_cap_points();
+        let (open, reqs) = run.join.open_mut();
+        let (init, loose_from) = match run.sweep.take() {
+            Some(s) => (s, None),
+            None => {
+                let mut caps: Vec<crate::window::CapPoint> = loose.clone();
+                let mut seq: Vec<(u32, crate::window::CapPoint)> = open
+                    .iter()
+                    .map(|&i| &reqs[i as usize])
+                    .filter(|r| r.cap != crate::model::NONE)
+                    .filter_map(|r| {
+                        let t = crate::join::cap_time(r)?;
+                        Some((r.cap_seq, crate::window::CapPoint { t, value: r.cap }))
+                    })
+                    .collect();
+                seq.sort_unstable_by_key(|c| c.0);
+                caps.extend(seq.into_iter().map(|c| c.1));
+                (SweepState::initial(&caps, run_start, &w), Some(run_start))
+            }
+        };
+        let sweep_from = init.at;
+        let (mut events, marks) = open_events(open, reqs, run_end, sweep_from);
+        if loose_from.is_some() {
+            // The first sweep: caps at its start are in the initial state.
+            events.retain(|e| !matches!(e.1, Ev::Cap { .. }) || e.0 > sweep_from);
+        }
+        let after = u32::try_from(marks.len()).unwrap_or(u32::MAX);
+        events.extend(
+            loose
+                .iter()
+                .filter(|c| c.t > sweep_from || (loose_from.is_none() && c.t == sweep_from))
+                .filter(|c| c.t < run_end)
+                .zip(after..)
+                .map(|(c, order)| {
+                    (
+                        c.t,
+                        Ev::Cap {
+                            order,
+                            value: c.value,
+                        },
+                    )
+                }),
+        );
+        let capture = if wm.is_some() && frontier < run_end {
+            frontier.max(sweep_from)
+        } else {
+            Nanos::MAX
+        };
+        let (p, state) = Profile::resume(init, events, run_end, capture, &w);
+        let mut sorted: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
+        sorted.sort_unstable_by_key(|r| (r.stamps, r.span, r.key));
+
+        // Gaps: the one carried over the frontier continues here.
+        let mut gaps = p.gaps();
+        if let Some(g) = run.open_gap.take() {
+            match gaps.first_mut() {
+                Some(first) if first.start == sweep_from => {
+                    first.start = g.start;
+                    first.max_queue_depth = first.max_queue_depth.max(g.max_queue_depth);
+                    for c in 0..3 {
+                        first.by_cause[c] += g.by_cause[c];
+                    }
+                }
+                _ => gaps.insert(0, g),
+            }
+        }
         if from <= to {
-            let reports = window_reports(&p, &reqs, from, to, &w);
+            let reports = window_reports(&p, &sorted, from, to, &w);
             for (k, rep) in (from..=to).zip(reports) {
                 let (ws, we) = (k * w.step, k * w.step + w.window);
                 out.windows.push(FinalWindow {
                     start: ws,
                     end: we,
-                    exemplars: window_exemplars(&reqs, &gaps, ws, we, p.end),
+                    exemplars: window_exemplars(&sorted, &gaps, ws, we, run_end),
                     report: rep,
                 });
             }
@@ -530,7 +697,6 @@ impl Engine {
                 .fetch_add(out.windows.len() as u64, Ordering::Relaxed);
             run.next_window = Some(to + 1);
         }
-        let sfirst = run.next_slice.unwrap_or(p.start.div_euclid(w.step));
         for k in sfirst..=slast {
             let s = p.stats(k * w.step, (k + 1) * w.step, &Counts::default());
             out.slices.push(Slice {
@@ -558,34 +724,54 @@ impl Engine {
                 end: g.end,
                 max_queue_depth: g.max_queue_depth,
                 cause: g.cause(),
-                waiting: waiting_in(&reqs, g.start, g.end, p.end),
+                waiting: waiting_in(&sorted, g.start, g.end, run_end),
             });
         }
         if let Some(g) = out.gaps.last() {
             run.gaps_done_until = g.end;
         }
-        drop(reqs);
+        drop(sorted);
+        if let Some(state) = &state {
+            // The gap in progress at the new frontier, measured up to it.
+            run.open_gap = gaps
+                .iter()
+                .find(|g| g.start < state.at && g.end > state.at)
+                .map(|g| p.gap_until(g, state.at));
+            for &(t, i, bit) in &marks {
+                if t < state.at {
+                    reqs[i as usize].swept |= bit;
+                }
+            }
+        }
         let mut counted = Vec::new();
-        for (i, r) in run.join.requests().iter().enumerate() {
+        for &i in open.iter() {
+            let r = &reqs[i as usize];
             let Some(t) = r.get(Stamp::Released) else {
                 continue;
             };
             if !r.counted() && (wm.is_none() || t < counted_until) {
                 counted.push(i);
-                out.requests.push(done(r, run.join.model(r), t));
             }
         }
-        let reqs = run.join.requests_mut();
+        for &i in &counted {
+            reqs[i as usize].set_counted();
+        }
+        if let Some(state) = &state {
+            // Counted and wholly before the frontier: nothing of it is left to
+            // sweep or to count.
+            open.retain(|&i| {
+                let r = &reqs[i as usize];
+                !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < state.at))
+            });
+        }
+        run.sweep = state;
         for i in counted {
-            reqs[i].set_counted();
+            let r = &run.join.requests()[i as usize];
+            let t = r.get(Stamp::Released).unwrap_or_default();
+            out.requests.push(done(r, run.join.model(r), t));
         }
         out.requests
             .sort_by(|a, b| a.released.cmp(&b.released).then(a.span.cmp(&b.span)));
-        let timeline = if wm.is_none() {
-            p.timeline(TIMELINE_COLUMNS)
-        } else {
-            Vec::new()
-        };
         (out, report, timeline)
     }
 

@@ -283,7 +283,12 @@ proptest! {
         prop_assert!((active - offline.totals.effective_seconds).abs() < 1e-9);
         let gap: f64 = outs.iter().flat_map(|o| o.slices.iter().map(|s| s.gap_by_cause.map_or(0.0, |g| g.iter().sum()))).sum();
         prop_assert!((gap - offline.totals.gap_seconds.unwrap_or(0.0)).abs() < 1e-9);
-        let gaps: usize = outs.iter().map(|o| o.gaps.len()).sum();
-        prop_assert_eq!(gaps, offline.gaps.len());
+        let gaps: Vec<(f64, f64, &str)> = outs
+            .iter()
+            .flat_map(|o| o.gaps.iter())
+            .map(|g| (crate::model::nanos_to_secs(g.start), crate::model::nanos_to_secs(g.end), g.cause.as_str()))
+            .collect();
+        let want: Vec<(f64, f64, &str)> = offline.gaps.iter().map(|g| (g.start_unix_s, g.end_unix_s, g.cause.as_str())).collect();
+        prop_assert_eq!(gaps, want);
     }
 }

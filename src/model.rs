@@ -263,6 +263,9 @@ pub struct Request {
     pub cap: u32,
     pub cap_seq: u32,
     flags: u8,
+    /// Live-service bookkeeping: which of this request's sweep events a live
+    /// run has already swept past (see `live`).
+    pub swept: u8,
 }
 
 const HAS_OUTPUT: u8 = 1;
@@ -284,6 +287,7 @@ impl Default for Request {
             cap: NONE,
             cap_seq: 0,
             flags: 0,
+            swept: 0,
         }
     }
 }

@@ -136,13 +136,61 @@ pub struct Profile {
     pub has_cap: bool,
 }
 
+/// A change of the sweep line at one instant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Ev {
+pub enum Ev {
     QueueIn,
     QueueOut,
     Admit,
-    Release { slot: bool },
-    Cap(u32),
+    /// `slot`: the release frees a slot (it is not the open end of the run).
+    Release {
+        slot: bool,
+    },
+    /// A cap observation; `order` is its receive order among the caps at
+    /// one instant (the last one wins).
+    Cap {
+        order: u32,
+        value: u32,
+    },
+}
+
+/// The sweep line's state at an instant, after every event before it: what
+/// a live run carries from one finalization to the next, so that each one
+/// sweeps only the requests that are still open ([`Profile::resume`]).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SweepState {
+    pub at: Nanos,
+    pub queue_depth: i64,
+    pub in_flight: i64,
+    /// Release times of the slots freed while requests waited (oldest first).
+    pub pending: VecDeque<Nanos>,
+    pub cap: Option<u32>,
+    pub has_cap: bool,
+}
+
+impl SweepState {
+    /// The state at the start of a run: nothing queued or in flight, and the
+    /// cap in force at `start` (caps are in receive order). Before the first
+    /// observation the cap is the first one's value (of several at that
+    /// instant, the one received last); caps after `start` are events.
+    pub fn initial(caps: &[CapPoint], start: Nanos, cfg: &WindowConfig) -> SweepState {
+        let first_t = caps.iter().map(|c| c.t).min().unwrap_or(start);
+        let mut cap = None;
+        let mut best = Nanos::MIN;
+        for c in caps {
+            if c.t <= start.max(first_t) && c.t >= best {
+                best = c.t;
+                cap = Some(c.value);
+            }
+        }
+        let cap = cap.or(cfg.default_cap);
+        SweepState {
+            at: start,
+            cap,
+            has_cap: cap.is_some(),
+            ..SweepState::default()
+        }
+    }
 }
 
 /// The active range `[min, max]` over every known timestamp of the requests.
@@ -195,33 +243,60 @@ impl Profile {
                 events.push((b, Ev::Release { slot: b < end }));
             }
         }
+        let init = SweepState::initial(caps, start, cfg);
         let mut sorted_caps: Vec<CapPoint> = caps.to_vec();
         sorted_caps.sort_by_key(|c| c.t);
-        // Before the first observation the cap is the first one's value (of
-        // several at that instant, the one received last).
-        let first_t = sorted_caps.first().map_or(start, |c| c.t);
-        let mut cap = sorted_caps
-            .iter()
-            .rev()
-            .find(|c| c.t <= start.max(first_t))
-            .map(|c| c.value)
-            .or(cfg.default_cap);
-        let has_cap = cap.is_some();
         events.extend(
             sorted_caps
                 .iter()
                 .filter(|c| c.t > start && c.t < end)
-                .map(|c| (c.t, Ev::Cap(c.value))),
+                .zip(0u32..)
+                .map(|(c, order)| {
+                    (
+                        c.t,
+                        Ev::Cap {
+                            order,
+                            value: c.value,
+                        },
+                    )
+                }),
         );
-        // Stable: caps at one instant keep their receive order.
-        events.sort_by_key(|e| e.0);
+        Profile::resume(init, events, end, Nanos::MAX, cfg).0
+    }
 
+    /// Continues a sweep from `init` (its state at `init.at`) over
+    /// `[init.at, end)` with `events` (none before `init.at`; caps in receive
+    /// order), and returns the state at `capture` too when it lies inside.
+    pub fn resume(
+        init: SweepState,
+        mut events: Vec<(Nanos, Ev)>,
+        end: Nanos,
+        capture: Nanos,
+        cfg: &WindowConfig,
+    ) -> (Profile, Option<SweepState>) {
+        // Caps at one instant stay in receive order (`Ev::Cap::order`).
+        events.sort_unstable();
+        let start = init.at;
+        let has_cap = init.has_cap || events.iter().any(|e| matches!(e.1, Ev::Cap { .. }));
+        let mut cap = init.cap;
+        let (mut q, mut f) = (init.queue_depth, init.in_flight);
+        let mut pending = init.pending;
+        let mut captured = None;
         let mut segments = Vec::with_capacity(events.len() + 1);
-        let (mut q, mut f) = (0i64, 0i64);
-        let mut pending: VecDeque<Nanos> = VecDeque::new();
         let mut i = 0;
         let mut t = start;
         while t < end {
+            if captured.is_none() && t >= capture {
+                // No event lies in (capture, t): the state is the same.
+                captured = Some(SweepState {
+                    at: capture,
+                    queue_depth: q,
+                    in_flight: f,
+                    pending: pending.clone(),
+                    cap,
+                    has_cap,
+                });
+            }
             let (mut releases, mut admits) = (0usize, 0usize);
             while i < events.len() && events[i].0 <= t {
                 match events[i].1 {
@@ -235,7 +310,7 @@ impl Profile {
                         f -= 1;
                         releases += usize::from(slot);
                     }
-                    Ev::Cap(v) => cap = Some(v),
+                    Ev::Cap { value, .. } => cap = Some(value),
                 }
                 i += 1;
             }
@@ -294,13 +369,14 @@ impl Profile {
             acc = acc.add_scaled(&s.rates(), s.end - s.start);
             cum.push(acc);
         }
-        Profile {
+        let profile = Profile {
             start,
             end,
             segments,
             cum,
             has_cap,
-        }
+        };
+        (profile, captured)
     }
 
     /// Integral from `start` to `t` (clamped to the active range).
@@ -381,6 +457,24 @@ impl Profile {
     }
 }
 
+impl Profile {
+    /// Gap `g` (one of this profile's, possibly begun before it) cut at
+    /// `at`: its time by cause without this profile's gap time from `at` on.
+    pub fn gap_until(&self, g: &GapInterval, at: Nanos) -> GapInterval {
+        let mut cut = *g;
+        cut.end = at;
+        for s in &self.segments {
+            if let Some(c) = s.gap {
+                let (a, b) = (s.start.max(at), s.end.min(g.end));
+                if b > a {
+                    cut.by_cause[c as usize] -= b - a;
+                }
+            }
+        }
+        cut
+    }
+}
+
 /// One column of a run's timeline: time averages over `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TimelinePoint {
@@ -422,7 +516,7 @@ impl Profile {
 }
 
 /// A maximal interval of the gap set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GapInterval {
     pub start: Nanos,
     pub end: Nanos,

@@ -1,0 +1,99 @@
+//! Criterion benchmarks of the pipeline's stages on one 512-span export
+//! request of the synthetic load (`testutil::synthetic_exports`: 100 runs,
+//! two spans per request, a dozen attributes per span):
+//!
+//! - `decode/lean` (the limit: the fastest decoder, strings sliced from the
+//!   buffer) and `decode/full` (the `opentelemetry-proto` types);
+//! - `extract`: spans → observations;
+//! - `join`: observations → the join store;
+//! - `window`: a 5,000-request run's report (sweep line, windows, totals);
+//! - `engine`: ingest into the live engine.
+//!
+//! `cargo bench --bench stages`; under `cargo test` each runs once.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tpsgap::extract::{Extracted, Extractor};
+use tpsgap::join::Store;
+use tpsgap::live::{Engine, LiveConfig, Now};
+use tpsgap::window::WindowConfig;
+
+fn batch() -> (Bytes, usize) {
+    let exports = tpsgap::testutil::synthetic_exports(4096, 100);
+    let req = &exports[3];
+    let spans = req
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum();
+    (Bytes::from(req.encode_to_vec()), spans)
+}
+
+fn stages(c: &mut Criterion) {
+    let (bytes, spans) = batch();
+    let x = Extractor::default();
+    let mut g = c.benchmark_group("stages");
+    g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("decode/lean", |b| {
+        b.iter(|| tpsgap::lean::decode(bytes.clone()).expect("decodes"))
+    });
+    g.bench_function("decode/full", |b| {
+        b.iter(|| ExportTraceServiceRequest::decode(&bytes[..]).expect("decodes"))
+    });
+    let lean = tpsgap::lean::decode(bytes.clone()).expect("decodes");
+    g.bench_function("extract", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            x.request(&lean, |e| {
+                n += usize::from(matches!(e, Extracted::Observation(_)))
+            });
+            n
+        })
+    });
+    g.bench_function("join", |b| {
+        b.iter_batched(
+            Store::new,
+            |store| {
+                x.request(&lean, |e| store.apply(&e));
+                store
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("engine", |b| {
+        b.iter_batched(
+            || Engine::new(LiveConfig::default()),
+            |engine| {
+                let mut items = Vec::with_capacity(spans);
+                x.request(&lean, |e| items.push(e));
+                let now = Now::system(Instant::now());
+                engine.ingest(items, now).expect("accepted");
+                engine
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    // One run of 5,000 requests (10,000 spans).
+    let store = Store::new();
+    for req in tpsgap::testutil::synthetic_exports(10_000, 1) {
+        let lean = tpsgap::lean::ExportTraceServiceRequest::from(req);
+        x.request(&lean, |e| store.apply(&e));
+    }
+    let cfg = WindowConfig::default();
+    let mut g = c.benchmark_group("window");
+    g.throughput(Throughput::Elements(5_000));
+    g.bench_function("run_report/5000_requests", |b| {
+        b.iter(|| store.report(&cfg))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);
