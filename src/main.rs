@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use tpsgap::cli::analyze::{self, AnalyzeArgs};
+use tpsgap::cli::bench::{self, BenchArgs};
 use tpsgap::cli::compare::{self, CompareArgs};
 use tpsgap::cli::demo::{self, DemoArgs};
 use tpsgap::cli::simulate::{self, SimulateArgs};
@@ -34,6 +35,8 @@ enum Command {
     Demo(DemoArgs),
     /// Gate a rollout: did BEFORE → AFTER raise TPS without idling, failing or retrying more?
     Compare(CompareArgs),
+    /// Measure the service: send pre-serialized OTLP load and report server CPU per million spans, spans/s and peak RSS.
+    Bench(BenchArgs),
 }
 
 /// Applies the `--config` TOML file as environment defaults: command-line
@@ -127,11 +130,10 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(args) => {
-            let code = analyze::run(
-                &args,
-                &mut std::io::stdout().lock(),
-                &mut std::io::stderr().lock(),
-            )?;
+            // Buffered: a report has many lines, and stdout flushes each one.
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let code = analyze::run(&args, &mut out, &mut std::io::stderr().lock())?;
+            std::io::Write::flush(&mut out)?;
             Ok(ExitCode::from(code))
         }
         Command::Serve(args) => {
@@ -144,6 +146,10 @@ fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Demo(args) => {
             runtime()?.block_on(demo::run(&args, &mut std::io::stdout()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            runtime()?.block_on(bench::run(&args, &mut std::io::stdout().lock()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Simulate(args) => {

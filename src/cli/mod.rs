@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod analyze;
+pub mod bench;
 pub mod compare;
 pub mod demo;
 pub mod simulate;

@@ -1,0 +1,34 @@
+//! `tpsgap bench` end to end: it spawns the real binary as a server, loads
+//! it and reports figures a script can parse.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+#[test]
+fn bench_loads_a_spawned_server_and_reports_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+        .args(["bench", "--spans", "20480", "--runs", "10", "--json"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run tpsgap bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "bench failed ({}):\n{stderr}\n{stdout}",
+        out.status
+    );
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stdout}"));
+    assert_eq!(v["spans"], 20480, "{v}");
+    assert!(v["retries"].is_u64(), "retries: {v}");
+    assert_eq!(v["rejected_spans"], 0, "{v}");
+    let cpu = v["cpu_s_per_million_spans"].as_f64().expect("cpu figure");
+    assert!(cpu > 0.0, "cpu_s_per_million_spans {cpu}");
+    let rss = v["peak_rss_mib"].as_f64().expect("rss figure");
+    assert!(rss > 0.0, "peak_rss_mib {rss}");
+    assert!(v["spans_per_s"].as_f64().expect("throughput") > 0.0, "{v}");
+    assert_eq!(v["runs_seen"], 10, "runs listed by the server: {v}");
+    assert_eq!(v["repeats"].as_array().map(Vec::len), Some(1), "{v}");
+}
