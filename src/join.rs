@@ -22,7 +22,7 @@ pub type FastHash = foldhash::fast::FixedState;
 /// through their 64-bit keys, and the run's model names interned.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunState {
-    requests: Vec<Request>,
+    requests: Requests,
     #[serde(skip)]
     index: HashMap<RequestKey, u32, FastHash>,
     /// Model names; requests hold an index.
@@ -142,16 +142,12 @@ impl RunState {
     }
 
     /// The requests, in join order.
-    pub fn requests(&self) -> &[Request] {
+    pub fn requests(&self) -> &Requests {
         &self.requests
     }
 
-    pub fn requests_mut(&mut self) -> &mut [Request] {
-        &mut self.requests
-    }
-
     /// The requests a live run has not retired, and the requests.
-    pub fn open_mut(&mut self) -> (&mut Vec<u32>, &mut [Request]) {
+    pub fn open_mut(&mut self) -> (&mut Vec<u32>, &mut Requests) {
         (&mut self.open, &mut self.requests)
     }
 
@@ -221,6 +217,74 @@ impl RunState {
     /// The report and the profile it was computed from.
     pub fn compute(&self, run_id: &str, cfg: &WindowConfig) -> (RunReport, Option<Profile>) {
         compute_run(run_id, &self.sorted_requests(), &self.cap_points(), cfg)
+    }
+}
+
+/// Requests per chunk of [`Requests`].
+const CHUNK: usize = 1024;
+
+/// Request records in chunks of [`CHUNK`]: growing never copies them, and at
+/// most one chunk is partly empty (a vector that doubles wastes up to half).
+#[derive(Clone, Debug, Default)]
+pub struct Requests {
+    chunks: Vec<Vec<Request>>,
+    len: usize,
+}
+
+impl Requests {
+    pub fn push(&mut self, r: Request) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(r),
+            _ => {
+                // The first chunk grows as needed (small runs stay small).
+                let cap = if self.chunks.is_empty() { 4 } else { CHUNK };
+                let mut c = Vec::with_capacity(cap);
+                c.push(r);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Request> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl std::ops::Index<usize> for Requests {
+    type Output = Request;
+    fn index(&self, i: usize) -> &Request {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Requests {
+    fn index_mut(&mut self, i: usize) -> &mut Request {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl serde::Serialize for Requests {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Requests {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut out = Requests::default();
+        for r in Vec::<Request>::deserialize(d)? {
+            out.push(r);
+        }
+        Ok(out)
     }
 }
 

@@ -149,10 +149,12 @@ struct LiveRun {
     final_until: Nanos,
     windows: Vec<WindowReport>,
     late_spans: u64,
-    /// The sweep line's state at the frontier: everything before it is
-    /// final, and the requests wholly before it are retired from the sweep
-    /// (`None` before the first finalization).
+    /// The sweep line's state where it stopped (the last watermark); `None`
+    /// before the first finalization.
     sweep: Option<SweepState>,
+    /// The swept timeline from the frontier (the start of the first window
+    /// or step slice not final) to where the sweep stopped.
+    profile: Option<Profile>,
     /// A gap in progress at the frontier, measured up to it.
     open_gap: Option<GapInterval>,
 }
@@ -167,14 +169,15 @@ const SWEPT_CAP: u8 = 16;
 /// An event's time, its request and its [`Request::swept`] bit.
 type Mark = (Nanos, u32, u8);
 
-/// The sweep events of the open requests of a run from `from` on, each with
-/// the request and bit it marks once swept past. An event not swept past
-/// yet but dated before `from` (a late span) takes effect at `from`.
+/// The sweep events in `[from, until)` of the open requests of a run, each
+/// with the request and bit it marks once swept. An event not swept yet but
+/// dated before `from` (a late span) takes effect at `from`.
 fn open_events(
     open: &[u32],
-    reqs: &[Request],
+    reqs: &crate::join::Requests,
     run_end: Nanos,
     from: Nanos,
+    until: Nanos,
 ) -> (Vec<(Nanos, Ev)>, Vec<Mark>) {
     let mut events = Vec::with_capacity(open.len() * 4);
     let mut marks = Vec::with_capacity(open.len() * 4);
@@ -182,9 +185,10 @@ fn open_events(
     for &i in open {
         let r = &reqs[i as usize];
         let mut push = |bit: u8, t: Nanos, e: Ev| {
-            if r.swept & bit == 0 {
-                events.push((t.max(from), e));
-                marks.push((t.max(from), i, bit));
+            let t = t.max(from);
+            if r.swept & bit == 0 && t < until {
+                events.push((t, e));
+                marks.push((t, i, bit));
             }
         };
         let pair = [
@@ -218,8 +222,10 @@ fn open_events(
             }
         }
         if r.cap != crate::model::NONE && r.swept & SWEPT_CAP == 0 {
-            if let Some(t) = crate::join::cap_time(r) {
-                caps.push((r.cap_seq, t.max(from), r.cap, i));
+            if let Some(t) = crate::join::cap_time(r).map(|t| t.max(from)) {
+                if t < until {
+                    caps.push((r.cap_seq, t, r.cap, i));
+                }
             }
         }
     }
@@ -467,6 +473,7 @@ impl Engine {
                                 windows: Vec::new(),
                                 late_spans: 0,
                                 sweep: None,
+                                profile: None,
                                 open_gap: None,
                             }),
                     };
@@ -612,10 +619,13 @@ impl Engine {
             .saturating_mul(w.step)
             .min(next_slice.saturating_mul(w.step));
 
+        // Sweep the new part: from where the sweep stopped to the watermark
+        // (to the run's end when it ends).
+        let until = wm.map_or(run_end, |wm| wm.min(run_end));
         let loose = run.join.loose_cap_points();
         let (open, reqs) = run.join.open_mut();
-        let (init, loose_from) = match run.sweep.take() {
-            Some(s) => (s, None),
+        let (init, first_sweep) = match run.sweep.take() {
+            Some(s) => (s, false),
             None => {
                 let mut caps: Vec<crate::window::CapPoint> = loose.clone();
                 let mut seq: Vec<(u32, crate::window::CapPoint)> = open
@@ -629,46 +639,55 @@ impl Engine {
                     .collect();
                 seq.sort_unstable_by_key(|c| c.0);
                 caps.extend(seq.into_iter().map(|c| c.1));
-                (SweepState::initial(&caps, run_start, &w), Some(run_start))
+                (SweepState::initial(&caps, run_start, &w), true)
             }
         };
         let sweep_from = init.at;
-        let (mut events, marks) = open_events(open, reqs, run_end, sweep_from);
-        if loose_from.is_some() {
-            // The first sweep: caps at its start are in the initial state.
-            events.retain(|e| !matches!(e.1, Ev::Cap { .. }) || e.0 > sweep_from);
-        }
-        let after = u32::try_from(marks.len()).unwrap_or(u32::MAX);
-        events.extend(
-            loose
-                .iter()
-                .filter(|c| c.t > sweep_from || (loose_from.is_none() && c.t == sweep_from))
-                .filter(|c| c.t < run_end)
-                .zip(after..)
-                .map(|(c, order)| {
-                    (
-                        c.t,
-                        Ev::Cap {
-                            order,
-                            value: c.value,
-                        },
-                    )
-                }),
-        );
-        let capture = if wm.is_some() && frontier < run_end {
-            frontier.max(sweep_from)
+        if until > sweep_from {
+            let (mut events, marks) = open_events(open, reqs, run_end, sweep_from, until);
+            if first_sweep {
+                // Caps at the run's start are in the initial state.
+                events.retain(|e| !matches!(e.1, Ev::Cap { .. }) || e.0 > sweep_from);
+            }
+            let after = u32::try_from(marks.len()).unwrap_or(u32::MAX);
+            events.extend(
+                loose
+                    .iter()
+                    .filter(|c| c.t > sweep_from || (!first_sweep && c.t == sweep_from))
+                    .filter(|c| c.t < until)
+                    .zip(after..)
+                    .map(|(c, order)| {
+                        (
+                            c.t,
+                            Ev::Cap {
+                                order,
+                                value: c.value,
+                            },
+                        )
+                    }),
+            );
+            let (part, state) = Profile::resume(init, events, until, &w);
+            for &(_, i, bit) in &marks {
+                reqs[i as usize].swept |= bit;
+            }
+            match &mut run.profile {
+                Some(p) => p.append(part),
+                None => run.profile = Some(part),
+            }
+            run.sweep = Some(state);
         } else {
-            Nanos::MAX
+            run.sweep = Some(init);
+        }
+        let Some(p) = run.profile.as_mut() else {
+            return (out, report, timeline);
         };
-        let (p, state) = Profile::resume(init, events, run_end, capture, &w);
-        let mut sorted: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
-        sorted.sort_unstable_by_key(|r| (r.stamps, r.span, r.key));
+        let candidates: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
 
         // Gaps: the one carried over the frontier continues here.
         let mut gaps = p.gaps();
         if let Some(g) = run.open_gap.take() {
             match gaps.first_mut() {
-                Some(first) if first.start == sweep_from => {
+                Some(first) if first.start == p.start => {
                     first.start = g.start;
                     first.max_queue_depth = first.max_queue_depth.max(g.max_queue_depth);
                     for c in 0..3 {
@@ -678,6 +697,7 @@ impl Engine {
                 _ => gaps.insert(0, g),
             }
         }
+        let sorted = candidates;
         if from <= to {
             let reports = window_reports(&p, &sorted, from, to, &w);
             for (k, rep) in (from..=to).zip(reports) {
@@ -715,9 +735,11 @@ impl Engine {
         let counted_until = run
             .next_slice
             .map_or(i64::MIN, |k| k.saturating_mul(w.step));
+        // A gap reaching the end of the swept timeline may go on.
+        let open_end = wm.map(|_| p.end);
         for g in gaps
             .iter()
-            .filter(|g| g.end <= cut && g.end > run.gaps_done_until)
+            .filter(|g| g.end <= cut && g.end > run.gaps_done_until && Some(g.end) != open_end)
         {
             out.gaps.push(FinalGap {
                 start: g.start,
@@ -731,17 +753,17 @@ impl Engine {
             run.gaps_done_until = g.end;
         }
         drop(sorted);
-        if let Some(state) = &state {
-            // The gap in progress at the new frontier, measured up to it.
+        if wm.is_some() {
+            // The gap in progress at the new frontier, measured up to it;
+            // the timeline before the frontier is no longer needed.
             run.open_gap = gaps
                 .iter()
-                .find(|g| g.start < state.at && g.end > state.at)
-                .map(|g| p.gap_until(g, state.at));
-            for &(t, i, bit) in &marks {
-                if t < state.at {
-                    reqs[i as usize].swept |= bit;
-                }
-            }
+                .find(|g| {
+                    g.start < frontier
+                        && (g.end > frontier || (g.end == frontier && Some(g.end) == open_end))
+                })
+                .map(|g| p.gap_until(g, frontier));
+            p.drop_before(frontier);
         }
         let mut counted = Vec::new();
         for &i in open.iter() {
@@ -756,15 +778,14 @@ impl Engine {
         for &i in &counted {
             reqs[i as usize].set_counted();
         }
-        if let Some(state) = &state {
+        if wm.is_some() {
             // Counted and wholly before the frontier: nothing of it is left to
-            // sweep or to count.
+            // sweep, count or show.
             open.retain(|&i| {
                 let r = &reqs[i as usize];
-                !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < state.at))
+                !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier))
             });
         }
-        run.sweep = state;
         for i in counted {
             let r = &run.join.requests()[i as usize];
             let t = r.get(Stamp::Released).unwrap_or_default();
@@ -926,13 +947,20 @@ fn done(r: &Request, model: Option<&str>, released: Nanos) -> DoneRequest {
 }
 
 /// Requests whose queued interval overlaps `[start, end)`, at most
-/// [`MAX_EXEMPLARS`], earliest first.
+/// [`MAX_EXEMPLARS`], earliest first (by timestamps, then span).
 pub fn waiting_in(reqs: &[&Request], start: Nanos, end: Nanos, run_end: Nanos) -> Vec<SpanRef> {
-    reqs.iter()
+    let mut waiting: Vec<&Request> = reqs
+        .iter()
+        .copied()
         .filter(|r| queued_interval(r, run_end).is_some_and(|(a, b)| a < end && b > start))
-        .take(MAX_EXEMPLARS)
-        .map(|r| r.span)
-        .collect()
+        .collect();
+    let key = |r: &&Request| (r.stamps, r.span, r.key);
+    if waiting.len() > MAX_EXEMPLARS {
+        waiting.select_nth_unstable_by_key(MAX_EXEMPLARS, key);
+        waiting.truncate(MAX_EXEMPLARS);
+    }
+    waiting.sort_unstable_by_key(key);
+    waiting.into_iter().map(|r| r.span).collect()
 }
 
 /// Exemplars of a window: the requests waiting in its longest gap, else the

@@ -367,7 +367,7 @@ impl Request {
 }
 
 /// Why a gap instant happened (SPEC §1 "Gap causes").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Cause {
     Stall = 0,
     Refill = 1,

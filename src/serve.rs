@@ -151,6 +151,11 @@ fn spawn_http(
 ///
 /// # Errors
 /// When the exporter cannot be set up or a server fails.
+/// HTTP/2 receive windows and frame size of the gRPC receiver.
+const GRPC_STREAM_WINDOW: u32 = 4 << 20;
+const GRPC_CONNECTION_WINDOW: u32 = 16 << 20;
+const GRPC_MAX_FRAME: u32 = 1 << 20;
+
 pub async fn run(
     cfg: ServeConfig,
     listeners: Listeners,
@@ -223,7 +228,12 @@ pub async fn run(
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let mut builder = tonic::transport::Server::builder().http2_adaptive_window(Some(true));
+    // HTTP/2 flow control must not be what limits a batch exporter: windows
+    // that hold several 512-span requests per stream and many per connection.
+    let mut builder = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(GRPC_STREAM_WINDOW))
+        .initial_connection_window_size(Some(GRPC_CONNECTION_WINDOW))
+        .max_frame_size(Some(GRPC_MAX_FRAME));
     let mut rustls = None;
     if let Some(t) = &cfg.tls {
         builder = builder

@@ -53,7 +53,7 @@ pub struct CapPoint {
 
 /// A piece of the timeline on which queue depth, in-flight, cap and the gap
 /// cause are constant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Segment {
     pub start: Nanos,
     pub end: Nanos,
@@ -83,7 +83,7 @@ impl Segment {
 }
 
 /// Integrals over time (nanosecond-weighted).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Acc {
     backlog: i64,
     gap: [i64; 3],
@@ -107,6 +107,20 @@ impl Acc {
         }
     }
 
+    fn plus(&self, o: &Acc) -> Acc {
+        Acc {
+            backlog: self.backlog + o.backlog,
+            gap: [
+                self.gap[0] + o.gap[0],
+                self.gap[1] + o.gap[1],
+                self.gap[2] + o.gap[2],
+            ],
+            in_flight: self.in_flight + o.in_flight,
+            queue: self.queue + o.queue,
+            util: self.util + o.util,
+        }
+    }
+
     fn minus(&self, o: &Acc) -> Acc {
         Acc {
             backlog: self.backlog - o.backlog,
@@ -124,7 +138,7 @@ impl Acc {
 
 /// Queue depth, in-flight and cap over a run's active range, as segments with
 /// prefix integrals.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     /// Active range `[start, end)`.
     pub start: Nanos,
@@ -261,19 +275,19 @@ impl Profile {
                     )
                 }),
         );
-        Profile::resume(init, events, end, Nanos::MAX, cfg).0
+        Profile::resume(init, events, end, cfg).0
     }
 
     /// Continues a sweep from `init` (its state at `init.at`) over
-    /// `[init.at, end)` with `events` (none before `init.at`; caps in receive
-    /// order), and returns the state at `capture` too when it lies inside.
+    /// `[init.at, end)` with `events` (none before `init.at`; events at
+    /// `end` or later are ignored), and returns the state at `end`: after
+    /// every event before it.
     pub fn resume(
         init: SweepState,
         mut events: Vec<(Nanos, Ev)>,
         end: Nanos,
-        capture: Nanos,
         cfg: &WindowConfig,
-    ) -> (Profile, Option<SweepState>) {
+    ) -> (Profile, SweepState) {
         // Caps at one instant stay in receive order (`Ev::Cap::order`).
         events.sort_unstable();
         let start = init.at;
@@ -281,22 +295,10 @@ impl Profile {
         let mut cap = init.cap;
         let (mut q, mut f) = (init.queue_depth, init.in_flight);
         let mut pending = init.pending;
-        let mut captured = None;
         let mut segments = Vec::with_capacity(events.len() + 1);
         let mut i = 0;
         let mut t = start;
         while t < end {
-            if captured.is_none() && t >= capture {
-                // No event lies in (capture, t): the state is the same.
-                captured = Some(SweepState {
-                    at: capture,
-                    queue_depth: q,
-                    in_flight: f,
-                    pending: pending.clone(),
-                    cap,
-                    has_cap,
-                });
-            }
             let (mut releases, mut admits) = (0usize, 0usize);
             while i < events.len() && events[i].0 <= t {
                 match events[i].1 {
@@ -376,7 +378,15 @@ impl Profile {
             cum,
             has_cap,
         };
-        (profile, captured)
+        let state = SweepState {
+            at: end,
+            queue_depth: q,
+            in_flight: f,
+            pending,
+            cap,
+            has_cap,
+        };
+        (profile, state)
     }
 
     /// Integral from `start` to `t` (clamped to the active range).
@@ -458,6 +468,31 @@ impl Profile {
 }
 
 impl Profile {
+    /// Appends `next`, a profile that starts where this one ends.
+    pub fn append(&mut self, next: Profile) {
+        let base = self.cum.last().copied().unwrap_or_default();
+        self.segments.extend(next.segments);
+        self.cum
+            .extend(next.cum.iter().skip(1).map(|a| base.plus(a)));
+        self.end = next.end;
+        self.has_cap |= next.has_cap;
+    }
+
+    /// Drops the timeline before `t`: the profile then starts at `t` (or
+    /// at its end, if that comes first).
+    pub fn drop_before(&mut self, t: Nanos) {
+        let k = self.segments.partition_point(|s| s.end <= t);
+        self.segments.drain(..k);
+        self.cum.drain(..k);
+        if let (Some(s), Some(c)) = (self.segments.first_mut(), self.cum.first_mut()) {
+            if s.start < t {
+                *c = c.add_scaled(&s.rates(), t - s.start);
+                s.start = t;
+            }
+        }
+        self.start = t.clamp(self.start, self.end);
+    }
+
     /// Gap `g` (one of this profile's, possibly begun before it) cut at
     /// `at`: its time by cause without this profile's gap time from `at` on.
     pub fn gap_until(&self, g: &GapInterval, at: Nanos) -> GapInterval {

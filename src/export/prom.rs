@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::{GAUGES, HISTOGRAMS};
-use crate::live::{Engine, RunOutput};
+use crate::live::{DoneRequest, Engine, RunOutput};
 use crate::model::Cause;
 
 type Labels = Vec<(&'static str, String)>;
@@ -146,21 +146,38 @@ impl PromMetrics {
             self.backlog.get_or_create(&run()).inc_by(s.backlog_seconds);
             self.active.get_or_create(&run()).inc_by(s.active_seconds);
         }
+        if out.requests.is_empty() {
+            return;
+        }
+        // Counters take each batch's sums; histograms are looked up once per
+        // model (label lookups hash and allocate: once per request would cost
+        // more than the rest of the update).
+        let (mut failed, mut output, mut input, mut retries) = (0u64, 0u64, 0u64, 0u64);
         for r in &out.requests {
-            let mut l = run();
-            l.push((
-                "outcome",
-                if r.failed { "failure" } else { "success" }.to_string(),
-            ));
-            self.requests.get_or_create(&l).inc();
-            for (kind, n) in [("output", r.output_tokens), ("input", r.input_tokens)] {
+            failed += u64::from(r.failed);
+            output = output.saturating_add(r.output_tokens);
+            input = input.saturating_add(r.input_tokens);
+            retries = retries.saturating_add(r.retries);
+        }
+        let succeeded = out.requests.len() as u64 - failed;
+        for (outcome, n) in [("success", succeeded), ("failure", failed)] {
+            if n > 0 {
                 let mut l = run();
-                l.push(("gen_ai_token_type", kind.to_string()));
-                self.tokens.get_or_create(&l).inc_by(n);
+                l.push(("outcome", outcome.to_string()));
+                self.requests.get_or_create(&l).inc_by(n);
             }
-            self.retries.get_or_create(&run()).inc_by(r.retries);
+        }
+        for (kind, n) in [("output", output), ("input", input)] {
             let mut l = run();
-            if let Some(m) = &r.model {
+            l.push(("gen_ai_token_type", kind.to_string()));
+            self.tokens.get_or_create(&l).inc_by(n);
+        }
+        self.retries.get_or_create(&run()).inc_by(retries);
+        let mut by_model: Vec<&DoneRequest> = out.requests.iter().collect();
+        by_model.sort_by(|a, b| a.model.cmp(&b.model));
+        for group in by_model.chunk_by(|a, b| a.model == b.model) {
+            let mut l = run();
+            if let Some(m) = &group[0].model {
                 l.push(("gen_ai_request_model", m.clone()));
                 if let Ok(mut models) = self.models.lock() {
                     models
@@ -170,8 +187,11 @@ impl PromMetrics {
                 }
             }
             for (def, fam) in HISTOGRAMS.iter().zip(&self.histograms) {
-                if let Some(v) = (def.value)(r) {
-                    fam.get_or_create(&l).observe(v);
+                let h = fam.get_or_create(&l);
+                for r in group {
+                    if let Some(v) = (def.value)(r) {
+                        h.observe(v);
+                    }
                 }
             }
         }
