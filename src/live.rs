@@ -699,7 +699,7 @@ impl Engine {
         }
         let sorted = candidates;
         if from <= to {
-            let reports = window_reports(&p, &sorted, from, to, &w);
+            let reports = window_reports(p, &sorted, from, to, &w);
             for (k, rep) in (from..=to).zip(reports) {
                 let (ws, we) = (k * w.step, k * w.step + w.window);
                 out.windows.push(FinalWindow {
