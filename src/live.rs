@@ -247,6 +247,36 @@ struct FinalRun {
     at: Instant,
 }
 
+/// Finished runs, oldest first, with their ids in a set (a run id can
+/// finish again, and then replaces its earlier entry).
+#[derive(Default)]
+struct Finals {
+    runs: VecDeque<(String, FinalRun)>,
+    ids: std::collections::HashSet<String, FastHash>,
+}
+
+impl Finals {
+    fn push(&mut self, id: String, run: FinalRun) {
+        if !self.ids.insert(id.clone()) {
+            self.runs.retain(|(i, _)| *i != id);
+        }
+        self.runs.push_back((id, run));
+    }
+
+    fn pop_front(&mut self) -> Option<(String, FinalRun)> {
+        let (id, run) = self.runs.pop_front()?;
+        self.ids.remove(&id);
+        Some((id, run))
+    }
+}
+
+impl std::ops::Deref for Finals {
+    type Target = VecDeque<(String, FinalRun)>;
+    fn deref(&self) -> &Self::Target {
+        &self.runs
+    }
+}
+
 /// The engine's state as a value: what a checkpoint writes and a restart
 /// restores (live runs with their export progress, and the finished runs).
 #[derive(Serialize, Deserialize)]
@@ -366,7 +396,7 @@ pub struct EngineCounters {
 pub struct Engine {
     cfg: LiveConfig,
     runs: DashMap<String, LiveRun, FastHash>,
-    finals: Mutex<VecDeque<(String, FinalRun)>>,
+    finals: Mutex<Finals>,
     forgotten: Mutex<Vec<String>>,
     pub counters: EngineCounters,
 }
@@ -379,7 +409,7 @@ impl Engine {
         Engine {
             cfg,
             runs: DashMap::default(),
-            finals: Mutex::new(VecDeque::new()),
+            finals: Mutex::new(Finals::default()),
             forgotten: Mutex::new(Vec::new()),
             counters: EngineCounters::default(),
         }
@@ -410,7 +440,9 @@ impl Engine {
             self.runs.insert(id, run);
         }
         if let Ok(mut f) = self.finals.lock() {
-            f.extend(snap.finals);
+            for (id, run) in snap.finals {
+                f.push(id, run);
+            }
         }
     }
 
@@ -800,15 +832,14 @@ impl Engine {
         let Ok(mut finals) = self.finals.lock() else {
             return;
         };
-        finals.retain(|(i, _)| *i != id);
-        finals.push_back((
+        finals.push(
             id,
             FinalRun {
                 report,
                 timeline,
                 at,
             },
-        ));
+        );
         while finals.len() > self.cfg.keep_final_runs {
             if let Some((gone, _)) = finals.pop_front() {
                 self.note_forgotten(gone);
@@ -897,8 +928,10 @@ impl Engine {
             }
         }
         if let Ok(finals) = self.finals.lock() {
+            let live: std::collections::HashSet<String, FastHash> =
+                out.iter().map(|s| s.run_id.clone()).collect();
             for (id, f) in finals.iter() {
-                if !out.iter().any(|s| s.run_id == *id) {
+                if !live.contains(id) {
                     out.push(RunSummary {
                         run_id: id.clone(),
                         state: RunPhase::Final,

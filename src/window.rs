@@ -522,31 +522,61 @@ pub struct TimelinePoint {
 
 impl Profile {
     /// The active range cut into `columns` equal pieces (for drawing): mean
-    /// in-flight and queue depth of each, and the cap at its middle.
+    /// in-flight and queue depth of each, and the cap at its middle. One walk
+    /// over the pieces: columns and pieces both go forward in time.
     pub fn timeline(&self, columns: usize) -> Vec<TimelinePoint> {
         let span = self.end - self.start;
         if span <= 0 || columns == 0 {
             return Vec::new();
         }
         let n = columns as i64;
-        // i128: a span of centuries times the column index overflows i64.
-        let at = |i: i64| self.start + (i128::from(span) * i128::from(i) / i128::from(n)) as i64;
-        (0..n)
-            .map(|i| {
-                let (a, b) = (at(i), at(i + 1));
-                let s = self.stats(a, b, &Counts::default());
-                let mid = a + (b - a) / 2;
-                let k = self.segments.partition_point(|x| x.start <= mid);
-                TimelinePoint {
-                    start: a,
-                    end: b,
-                    in_flight: s.mean_in_flight.unwrap_or(0.0),
-                    queue_depth: s.mean_queue_depth.unwrap_or(0.0),
-                    cap: self.segments.get(k.saturating_sub(1)).and_then(|x| x.cap),
+        // i128 only when a span of centuries times the column index would
+        // overflow i64 (the same result either way).
+        let small = span <= i64::MAX / (n + 1);
+        let at = |i: i64| {
+            if small {
+                self.start + span * i / n
+            } else {
+                self.start + (i128::from(span) * i128::from(i) / i128::from(n)) as i64
+            }
+        };
+        let segs = &self.segments;
+        let mut k = 0usize;
+        let mut out = Vec::with_capacity(columns);
+        for i in 0..n {
+            let (a, b) = (at(i), at(i + 1));
+            if b <= a {
+                continue;
+            }
+            while k < segs.len() && segs[k].end <= a {
+                k += 1;
+            }
+            let (mut fl, mut q) = (0i128, 0i128);
+            let mid = a + (b - a) / 2;
+            let mut cap = None;
+            let mut j = k;
+            while j < segs.len() && segs[j].start < b {
+                let s = &segs[j];
+                let dt = i128::from(s.end.min(b) - s.start.max(a));
+                if dt > 0 {
+                    fl += i128::from(s.in_flight) * dt;
+                    q += i128::from(s.queue_depth) * dt;
                 }
-            })
-            .filter(|p| p.end > p.start)
-            .collect()
+                if s.start <= mid {
+                    cap = s.cap;
+                }
+                j += 1;
+            }
+            let d = (b - a) as f64;
+            out.push(TimelinePoint {
+                start: a,
+                end: b,
+                in_flight: fl as f64 / d,
+                queue_depth: q as f64 / d,
+                cap,
+            });
+        }
+        out
     }
 }
 

@@ -591,3 +591,50 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+#[test]
+fn timeline_columns_average_the_profile() {
+    // Queue depth 1 over [0, 3), in flight 1 over [1, 4), cap 1 then 2 at 2.
+    let reqs = [
+        r(Some(0.0), Some(3.0), Some(4.0)),
+        r(None, Some(1.0), Some(2.0)),
+    ];
+    let refs: Vec<&Request> = reqs.iter().collect();
+    let c = cfg(10.0, 10.0);
+    let p = Profile::build(&refs, &caps(&[(0.0, 1), (2.0, 2)]), at(0.0), at(4.0), &c);
+    let tl = p.timeline(8);
+    assert_eq!(tl.len(), 8);
+    for col in &tl {
+        let s = p.stats(col.start, col.end, &Counts::default());
+        assert_eq!(Some(col.in_flight), s.mean_in_flight);
+        assert_eq!(Some(col.queue_depth), s.mean_queue_depth);
+    }
+    let means: Vec<(f64, f64)> = tl.iter().map(|p| (p.in_flight, p.queue_depth)).collect();
+    assert_eq!(
+        means,
+        [
+            (0.0, 1.0),
+            (0.0, 1.0),
+            (1.0, 1.0),
+            (1.0, 1.0),
+            (0.0, 1.0),
+            (0.0, 1.0),
+            (1.0, 0.0),
+            (1.0, 0.0)
+        ]
+    );
+    let caps_at_mid: Vec<Option<u32>> = tl.iter().map(|p| p.cap).collect();
+    assert_eq!(
+        caps_at_mid,
+        [
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(1),
+            Some(2),
+            Some(2),
+            Some(2),
+            Some(2)
+        ]
+    );
+}

@@ -128,23 +128,37 @@ impl PromMetrics {
     /// Applies what became final for one run.
     pub fn update(&self, out: &RunOutput) {
         let run = || vec![("run_id", out.run_id.clone())];
+        // Each label set is built once (a lookup clones it only to insert).
+        let run_only = run();
         if let Some(w) = out.windows.last() {
             for (def, fam) in GAUGES.iter().zip(&self.gauges) {
                 if let Some(v) = (def.value)(w) {
-                    fam.get_or_create(&run()).set(v);
+                    fam.get_or_create(&run_only).set(v);
                 }
             }
         }
-        for s in &out.slices {
-            if let Some(g) = s.gap_by_cause {
-                for c in Cause::ALL {
+        if !out.slices.is_empty() {
+            let by_cause: Vec<Vec<(&'static str, String)>> = Cause::ALL
+                .iter()
+                .map(|c| {
                     let mut l = run();
                     l.push(("cause", c.as_str().to_string()));
-                    self.gap.get_or_create(&l).inc_by(g[c as usize]);
+                    l
+                })
+                .collect();
+            for s in &out.slices {
+                if let Some(g) = s.gap_by_cause {
+                    for (c, l) in Cause::ALL.iter().zip(&by_cause) {
+                        self.gap.get_or_create(l).inc_by(g[*c as usize]);
+                    }
                 }
+                self.backlog
+                    .get_or_create(&run_only)
+                    .inc_by(s.backlog_seconds);
+                self.active
+                    .get_or_create(&run_only)
+                    .inc_by(s.active_seconds);
             }
-            self.backlog.get_or_create(&run()).inc_by(s.backlog_seconds);
-            self.active.get_or_create(&run()).inc_by(s.active_seconds);
         }
         if out.requests.is_empty() {
             return;
@@ -172,7 +186,7 @@ impl PromMetrics {
             l.push(("gen_ai_token_type", kind.to_string()));
             self.tokens.get_or_create(&l).inc_by(n);
         }
-        self.retries.get_or_create(&run()).inc_by(retries);
+        self.retries.get_or_create(&run_only).inc_by(retries);
         let mut by_model: Vec<&DoneRequest> = out.requests.iter().collect();
         by_model.sort_by(|a, b| a.model.cmp(&b.model));
         for group in by_model.chunk_by(|a, b| a.model == b.model) {
