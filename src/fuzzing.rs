@@ -27,7 +27,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     any_value::Value as FullValue, AnyValue as FullAnyValue, KeyValue,
 };
@@ -263,9 +262,7 @@ pub fn protobuf(data: &[u8]) -> Outcome {
 /// and as a file with `--input-format auto` (JSON lines when it starts with
 /// `{`, gzip unpacked, else protobuf).
 pub fn json(data: &[u8]) -> Outcome {
-    let decoded = serde_json::from_slice::<ExportTraceServiceRequest>(data)
-        .ok()
-        .map(Into::into);
+    let decoded = lean::json::decode(&bytes::Bytes::copy_from_slice(data)).ok();
     outcome(decoded, data, "fuzz.jsonl", InputFormat::Auto)
 }
 

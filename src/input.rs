@@ -6,7 +6,6 @@ use std::io::{BufRead, BufReader, Read};
 
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use crate::lean::{self, ResourceSpans};
@@ -105,11 +104,13 @@ fn read_json_lines(
             continue;
         }
         let location = format!("{name}:{n}");
-        match serde_json::from_slice::<ExportTraceServiceRequest>(&line) {
+        // Decoding slices this line: strings without escapes are not copied.
+        let buf = Bytes::from(std::mem::take(&mut line));
+        match lean::json::decode(&buf) {
             Ok(req) => req
                 .resource_spans
                 .into_iter()
-                .for_each(|rs| sink(&location, rs.into())),
+                .for_each(|rs| sink(&location, rs)),
             Err(e) => errors(InputError {
                 location,
                 reason: format!("not an OTLP JSON trace export: {e}"),
@@ -246,6 +247,7 @@ fn varint_len(v: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
     fn req(n: usize) -> ExportTraceServiceRequest {

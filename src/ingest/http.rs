@@ -10,7 +10,6 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use super::Pipeline;
@@ -204,9 +203,7 @@ async fn export(
             Some(raw),
         ),
         Encoding::Json => (
-            serde_json::from_slice::<ExportTraceServiceRequest>(&raw)
-                .map_err(|e| HttpError::Undecodable(e.to_string()))?
-                .into(),
+            crate::lean::json::decode(&raw).map_err(|e| HttpError::Undecodable(e.to_string()))?,
             None,
         ),
     };

@@ -8,6 +8,7 @@
 
 #[allow(clippy::all, missing_docs)]
 mod generated;
+pub mod json;
 
 pub use generated::*;
 
@@ -262,19 +263,25 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
         /// The same bytes decoded lean, and decoded with the full OTLP types
         /// (then converted), give the same observations, with the default
-        /// names and with each preset; so does the same request as OTLP JSON.
+        /// names and with each preset; so does the same request as OTLP JSON,
+        /// decoded lean or full (and both JSON decoders build the same
+        /// request).
         #[test]
         fn lean_and_full_decoding_extract_the_same(req in request()) {
             let bytes = prost::Message::encode_to_vec(&req);
             let lean = super::decode(bytes::Bytes::from(bytes.clone())).expect("lean decodes");
             let full: Full = prost::Message::decode(&bytes[..]).expect("full decodes");
-            let json: Full = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+            let text = bytes::Bytes::from(serde_json::to_vec(&req).unwrap());
+            let json: Full = serde_json::from_slice(&text).unwrap();
             let (full, json) = (super::ExportTraceServiceRequest::from(full), super::ExportTraceServiceRequest::from(json));
+            let lean_json = super::json::decode(&text).expect("lean JSON decodes");
+            prop_assert_eq!(&lean_json, &json);
             for preset in [None, Some(Preset::Vllm), Some(Preset::Genai)] {
                 let x = Extractor::with_preset(preset, &Default::default());
                 let want = extracted(&x, &full);
                 prop_assert_eq!(&extracted(&x, &lean), &want);
                 prop_assert_eq!(&extracted(&x, &json), &want);
+                prop_assert_eq!(&extracted(&x, &lean_json), &want);
             }
         }
     }
