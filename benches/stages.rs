@@ -2,12 +2,14 @@
 //! request of the synthetic load (`testutil::synthetic_exports`: 100 runs,
 //! two spans per request, a dozen attributes per span):
 //!
-//! - `decode/lean` (the limit: the fastest decoder, strings sliced from the
-//!   buffer) and `decode/full` (the `opentelemetry-proto` types);
-//! - `extract`: spans → observations;
-//! - `join`: observations → the join store;
+//! - `decode/view` (the limit: the fastest decoder, the message checked and
+//!   every span, attribute and event walked in place), `decode/lean` (prost,
+//!   strings sliced from the buffer) and `decode/full` (the
+//!   `opentelemetry-proto` types);
+//! - `extract/view` and `extract/lean`: spans → observations;
+//! - `join`: observations → the join store (read in place);
 //! - `window`: a 5,000-request run's report (sweep line, windows, totals);
-//! - `engine`: ingest into the live engine.
+//! - `engine`: read in place, extract and ingest into the live engine.
 //!
 //! `cargo bench --bench stages`; under `cargo test` each runs once.
 
@@ -39,6 +41,19 @@ fn stages(c: &mut Criterion) {
     let x = Extractor::default();
     let mut g = c.benchmark_group("stages");
     g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("decode/view", |b| {
+        b.iter(|| {
+            let v = tpsgap::lean::view::RequestView::parse(&bytes).expect("parses");
+            let mut n = 0usize;
+            for rs in v.resource_spans() {
+                n += rs.resource_attributes().count();
+                for s in rs.spans() {
+                    n += s.attributes().map(|kv| kv.key.len()).sum::<usize>() + s.events().count();
+                }
+            }
+            n
+        })
+    });
     g.bench_function("decode/lean", |b| {
         b.iter(|| tpsgap::lean::decode(bytes.clone()).expect("decodes"))
     });
@@ -46,7 +61,17 @@ fn stages(c: &mut Criterion) {
         b.iter(|| ExportTraceServiceRequest::decode(&bytes[..]).expect("decodes"))
     });
     let lean = tpsgap::lean::decode(bytes.clone()).expect("decodes");
-    g.bench_function("extract", |b| {
+    let view = tpsgap::lean::view::RequestView::parse(&bytes).expect("parses");
+    g.bench_function("extract/view", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            x.request_view(view, |e| {
+                n += usize::from(matches!(e, Extracted::Observation(_)))
+            });
+            n
+        })
+    });
+    g.bench_function("extract/lean", |b| {
         b.iter(|| {
             let mut n = 0usize;
             x.request(&lean, |e| {
@@ -59,7 +84,7 @@ fn stages(c: &mut Criterion) {
         b.iter_batched(
             Store::new,
             |store| {
-                x.request(&lean, |e| store.apply(&e));
+                x.request_view(view, |e| store.apply(&e));
                 store
             },
             BatchSize::SmallInput,
@@ -70,7 +95,7 @@ fn stages(c: &mut Criterion) {
             || Engine::new(LiveConfig::default()),
             |engine| {
                 let mut items = Vec::with_capacity(spans);
-                x.request(&lean, |e| items.push(e));
+                x.request_view(view, |e| items.push(e));
                 let now = Now::system(Instant::now());
                 engine.ingest(items, now).expect("accepted");
                 engine

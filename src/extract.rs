@@ -9,9 +9,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::lean::{
-    any_value::Value, AnyValue, ExportTraceServiceRequest, KeyValue, ResourceSpans, Span,
-};
+use crate::lean::view::{RequestView, ResourceSpansView, SpanView, ValueView};
+use crate::lean::{any_value::Value, AnyValue, ExportTraceServiceRequest, ResourceSpans, Span};
 use crate::model::{
     hex, request_key, span_request_key, Nanos, Observation, SpanRef, Stamp, NANOS_PER_SEC,
 };
@@ -103,19 +102,152 @@ impl Preset {
     }
 }
 
-fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
-    attrs
-        .iter()
-        .find(|k| k.key == key.as_bytes())
-        .and_then(|k| k.value.as_ref())
+/// An attribute value as extraction reads it, from either decoder.
+#[derive(Clone, Copy, Debug)]
+pub enum Val<'a> {
+    Empty,
+    Str(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Array(Array<'a>),
+    KvList,
+    Bytes,
+    StrIndex,
+}
+
+/// The values of an array attribute.
+#[derive(Clone, Copy, Debug)]
+pub enum Array<'a> {
+    Lean(&'a [AnyValue]),
+    Wire(ValueView<'a>),
+}
+
+impl<'a> Array<'a> {
+    fn try_each(self, mut f: impl FnMut(Val<'a>) -> Result<(), String>) -> Result<(), String> {
+        match self {
+            Array::Lean(vs) => vs.iter().try_for_each(|v| f(Val::from(v))),
+            Array::Wire(v) => v.array_values().try_for_each(|v| f(Val::from(v))),
+        }
+    }
+}
+
+impl<'a> From<&'a AnyValue> for Val<'a> {
+    fn from(v: &'a AnyValue) -> Val<'a> {
+        match &v.value {
+            None => Val::Empty,
+            Some(Value::StringValue(s)) => Val::Str(s),
+            Some(Value::BoolValue(b)) => Val::Bool(*b),
+            Some(Value::IntValue(i)) => Val::Int(*i),
+            Some(Value::DoubleValue(d)) => Val::Double(*d),
+            Some(Value::ArrayValue(a)) => Val::Array(Array::Lean(&a.values)),
+            Some(Value::KvlistValue(_)) => Val::KvList,
+            Some(Value::BytesValue(_)) => Val::Bytes,
+            Some(Value::StringValueStrindex(_)) => Val::StrIndex,
+        }
+    }
+}
+
+impl<'a> From<ValueView<'a>> for Val<'a> {
+    fn from(v: ValueView<'a>) -> Val<'a> {
+        match v {
+            ValueView::Empty => Val::Empty,
+            ValueView::String(s) => Val::Str(s),
+            ValueView::Bool(b) => Val::Bool(b),
+            ValueView::Int(i) => Val::Int(i),
+            ValueView::Double(d) => Val::Double(d),
+            ValueView::Array(_) => Val::Array(Array::Wire(v)),
+            ValueView::KvList => Val::KvList,
+            ValueView::Bytes(_) => Val::Bytes,
+            ValueView::StringIndex(_) => Val::StrIndex,
+        }
+    }
+}
+
+/// What extraction reads of a span, from the lean messages or straight
+/// from the wire ([`SpanView`]).
+pub trait SpanSource<'a>: Copy {
+    /// Each attribute's key and value (`None`: the pair has no value).
+    fn attributes(self) -> impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone;
+    /// Each event's name and time.
+    fn events(self) -> impl Iterator<Item = (&'a [u8], u64)>;
+    fn trace_id(self) -> &'a [u8];
+    fn span_id(self) -> &'a [u8];
+    fn name(self) -> &'a [u8];
+    fn start(self) -> u64;
+    fn end(self) -> u64;
+    /// The status code, 0 without a status.
+    fn status_code(self) -> i32;
+}
+
+impl<'a> SpanSource<'a> for &'a Span {
+    fn attributes(self) -> impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone {
+        self.attributes
+            .iter()
+            .map(|kv| (&kv.key[..], kv.value.as_ref().map(Val::from)))
+    }
+    fn events(self) -> impl Iterator<Item = (&'a [u8], u64)> {
+        self.events.iter().map(|e| (&e.name[..], e.time_unix_nano))
+    }
+    fn trace_id(self) -> &'a [u8] {
+        &self.trace_id
+    }
+    fn span_id(self) -> &'a [u8] {
+        &self.span_id
+    }
+    fn name(self) -> &'a [u8] {
+        &self.name
+    }
+    fn start(self) -> u64 {
+        self.start_time_unix_nano
+    }
+    fn end(self) -> u64 {
+        self.end_time_unix_nano
+    }
+    fn status_code(self) -> i32 {
+        self.status.as_ref().map_or(0, |s| s.code)
+    }
+}
+
+impl<'a> SpanSource<'a> for SpanView<'a> {
+    fn attributes(self) -> impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone {
+        SpanView::attributes(self).map(|kv| (kv.key, kv.value.map(Val::from)))
+    }
+    fn events(self) -> impl Iterator<Item = (&'a [u8], u64)> {
+        SpanView::events(self)
+    }
+    fn trace_id(self) -> &'a [u8] {
+        self.trace_id
+    }
+    fn span_id(self) -> &'a [u8] {
+        self.span_id
+    }
+    fn name(self) -> &'a [u8] {
+        self.name
+    }
+    fn start(self) -> u64 {
+        self.start_time_unix_nano
+    }
+    fn end(self) -> u64 {
+        self.end_time_unix_nano
+    }
+    fn status_code(self) -> i32 {
+        self.status_code
+    }
+}
+
+fn attr<'a, S: SpanSource<'a>>(span: S, key: &str) -> Option<Val<'a>> {
+    span.attributes()
+        .find(|(k, _)| *k == key.as_bytes())
+        .and_then(|(_, v)| v)
 }
 
 /// A duration in seconds (a double, an integer or a numeric string).
-fn parse_seconds(v: &AnyValue) -> Result<Nanos, String> {
-    let secs = match &v.value {
-        Some(Value::DoubleValue(d)) => *d,
-        Some(Value::IntValue(i)) => *i as f64,
-        Some(Value::StringValue(b)) => {
+fn parse_seconds(v: Val<'_>) -> Result<Nanos, String> {
+    let secs = match v {
+        Val::Double(d) => d,
+        Val::Int(i) => i as f64,
+        Val::Str(b) => {
             let s = utf8(b)?;
             s.trim()
                 .parse::<f64>()
@@ -131,11 +263,12 @@ fn parse_seconds(v: &AnyValue) -> Result<Nanos, String> {
 
 /// Fills the timestamps a preset derives from span times and latencies;
 /// attributes and events given explicitly win.
-fn derive_stamps(p: Preset, span: &Span, o: &mut Observation<'_>) -> Result<(), (String, String)> {
-    let (start, end) = (
-        clamp_u64(span.start_time_unix_nano),
-        clamp_u64(span.end_time_unix_nano),
-    );
+fn derive_stamps<'a, S: SpanSource<'a>>(
+    p: Preset,
+    span: S,
+    o: &mut Observation<'_>,
+) -> Result<(), (String, String)> {
+    let (start, end) = (clamp_u64(span.start()), clamp_u64(span.end()));
     if start <= 0 {
         return Ok(());
     }
@@ -145,7 +278,7 @@ fn derive_stamps(p: Preset, span: &Span, o: &mut Observation<'_>) -> Result<(), 
         }
     };
     let secs = |key: &str| -> Result<Option<Nanos>, (String, String)> {
-        attr(&span.attributes, key)
+        attr(span, key)
             .map(|v| parse_seconds(v).map_err(|e| (key.to_string(), e)))
             .transpose()
     };
@@ -157,7 +290,7 @@ fn derive_stamps(p: Preset, span: &Span, o: &mut Observation<'_>) -> Result<(), 
             if queue.is_none()
                 && ttft.is_none()
                 && e2e.is_none()
-                && span.name != "llm_request".as_bytes()
+                && span.name() != "llm_request".as_bytes()
             {
                 return Ok(());
             }
@@ -182,7 +315,7 @@ fn derive_stamps(p: Preset, span: &Span, o: &mut Observation<'_>) -> Result<(), 
                 "gen_ai.provider.name",
             ]
             .iter()
-            .any(|k| attr(&span.attributes, k).is_some());
+            .any(|k| attr(span, k).is_some());
             if !genai {
                 return Ok(());
             }
@@ -190,10 +323,9 @@ fn derive_stamps(p: Preset, span: &Span, o: &mut Observation<'_>) -> Result<(), 
             if let Some(t) = secs("gen_ai.response.time_to_first_chunk")? {
                 set(Stamp::FirstToken, start.saturating_add(t));
             }
-            for ev in &span.events {
-                if ev.name == "gen_ai.first_token".as_bytes() || ev.name == "first_chunk".as_bytes()
-                {
-                    if let Ok(t) = i64::try_from(ev.time_unix_nano) {
+            for (name, time) in span.events() {
+                if name == "gen_ai.first_token".as_bytes() || name == "first_chunk".as_bytes() {
+                    if let Ok(t) = i64::try_from(time) {
                         set(Stamp::FirstToken, t);
                     }
                 }
@@ -276,7 +408,7 @@ impl Default for Extractor {
     }
 }
 
-type Found<'a> = [Option<(u8, &'a [u8], &'a AnyValue)>; FIELD_COUNT];
+type Found<'a> = [Option<(u8, &'a [u8], Val<'a>)>; FIELD_COUNT];
 
 /// An attribute key for messages (keys are not checked for UTF-8).
 fn key_str(k: &[u8]) -> String {
@@ -341,42 +473,58 @@ impl Extractor {
         x
     }
 
-    fn scan<'a>(&self, attrs: &'a [KeyValue], found: &mut Found<'a>) {
-        for kv in attrs {
-            let (Some((field, prio)), Some(v)) = (self.keys.get(&kv.key[..]), &kv.value) else {
+    /// Finds the attributes of each field; returns the first attribute
+    /// whose string value is over the length limit, if any.
+    fn scan<'a>(
+        &self,
+        attrs: impl Iterator<Item = (&'a [u8], Option<Val<'a>>)>,
+        found: &mut Found<'a>,
+    ) -> Option<&'a [u8]> {
+        let mut too_long = None;
+        for (key, value) in attrs {
+            if too_long.is_none()
+                && matches!(value, Some(Val::Str(s)) if s.len() > self.max_attribute_length)
+            {
+                too_long = Some(key);
+            }
+            let (Some((field, prio)), Some(v)) = (self.keys.get(key), value) else {
                 continue;
             };
             let slot = &mut found[field.slot()];
             if slot.is_none_or(|(p, _, _)| *prio < p) {
-                *slot = Some((*prio, &kv.key[..], v));
+                *slot = Some((*prio, key, v));
             }
         }
+        too_long
     }
 
     /// The run named by a resource's attributes, if any (the fallback for
     /// spans without their own run attribute).
-    pub fn resource_run<'a>(&self, resource: &'a [KeyValue]) -> Option<(&'a [u8], &'a AnyValue)> {
+    pub fn resource_run<'a>(
+        &self,
+        resource: impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone,
+    ) -> Option<(&'a [u8], Val<'a>)> {
         let mut found: Found<'a> = [None; FIELD_COUNT];
-        self.scan(resource, &mut found);
+        self.scan(resource.clone(), &mut found);
         found[Field::Run.slot()]
             .map(|(_, k, v)| (k, v))
             .or_else(|| {
                 self.preset?;
                 ["service.instance.id", "service.name"]
                     .iter()
-                    .find_map(|k| resource.iter().find(|kv| kv.key == k.as_bytes()))
-                    .and_then(|kv| kv.value.as_ref().map(|v| (&kv.key[..], v)))
+                    .find_map(|k| resource.clone().find(|(key, _)| *key == k.as_bytes()))
+                    .and_then(|(key, v)| v.map(|v| (key, v)))
             })
     }
 
     /// Extracts one span. `resource_run` comes from [`Extractor::resource_run`].
-    pub fn span<'a>(
+    pub fn span<'a, S: SpanSource<'a>>(
         &self,
-        resource_run: Option<(&'a [u8], &'a AnyValue)>,
-        span: &'a Span,
+        resource_run: Option<(&'a [u8], Val<'a>)>,
+        span: S,
     ) -> Extracted<'a> {
         let mut found: Found<'a> = [None; FIELD_COUNT];
-        self.scan(&span.attributes, &mut found);
+        let too_long = self.scan(span.attributes(), &mut found);
         let span_ref = span_ref(span);
         let reject = |key: &[u8], reason: String| {
             Extracted::Rejected(Rejection {
@@ -385,12 +533,9 @@ impl Extractor {
                 reason,
             })
         };
-        if let Some(kv) = span.attributes.iter().find(|kv| {
-            matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()),
-                Some(Value::StringValue(s)) if s.len() > self.max_attribute_length)
-        }) {
+        if let Some(key) = too_long {
             return reject(
-                &kv.key,
+                key,
                 format!(
                     "value longer than {} bytes (--max-attribute-length)",
                     self.max_attribute_length
@@ -412,26 +557,26 @@ impl Extractor {
             run_id,
             request: 0,
             span: span_ref,
-            span_start: clamp_u64(span.start_time_unix_nano).min(MAX_TIMESTAMP),
+            span_start: clamp_u64(span.start()).min(MAX_TIMESTAMP),
             ..Observation::default()
         };
         for s in Stamp::ALL {
             if let Some((_, k, v)) = found[Field::Stamp(s).slot()] {
-                match parse_timestamp(v) {
+                match timestamp(v) {
                     Ok(t) => o.stamps.set(s, t),
                     Err(e) => return reject(k, e),
                 }
             }
         }
-        for ev in &span.events {
-            if let Some(&s) = self.events.get(&ev.name[..]) {
+        for (name, time) in span.events() {
+            if let Some(&s) = self.events.get(name) {
                 if o.stamps.get(s).is_none() {
-                    match i64::try_from(ev.time_unix_nano)
+                    match i64::try_from(time)
                         .map_err(|e| e.to_string())
                         .and_then(in_range)
                     {
                         Ok(t) => o.stamps.set(s, t),
-                        Err(e) => return reject(&ev.name, format!("event time: {e}")),
+                        Err(e) => return reject(name, format!("event time: {e}")),
                     }
                 }
             }
@@ -485,13 +630,13 @@ impl Extractor {
             }
         }
         if let Some((_, k, v)) = found[Field::Model.slot()] {
-            match &v.value {
-                Some(Value::StringValue(s)) if !s.is_empty() => match utf8(s) {
+            match v {
+                Val::Str(s) if !s.is_empty() => match utf8(s) {
                     Ok(m) => o.model = Some(m),
                     Err(e) => return reject(k, e),
                 },
-                Some(Value::StringValue(_)) | None => {}
-                Some(_) => return reject(k, "expected a string".to_string()),
+                Val::Str(_) | Val::Empty => {}
+                _ => return reject(k, "expected a string".to_string()),
             }
         }
         // Retry causes are checked, not kept: no SPEC output reports them.
@@ -500,10 +645,7 @@ impl Extractor {
                 return reject(k, e);
             }
         }
-        let error_status = span
-            .status
-            .as_ref()
-            .is_some_and(|s| s.code == STATUS_CODE_ERROR);
+        let error_status = span.status_code() == STATUS_CODE_ERROR;
         o.failed = error_status || found[Field::ErrorType.slot()].is_some();
         Extracted::Observation(o)
     }
@@ -522,22 +664,48 @@ impl Extractor {
     /// Extracts every span of one `ResourceSpans`.
     pub fn resource_spans<'a>(&self, rs: &'a ResourceSpans, sink: &mut impl FnMut(Extracted<'a>)) {
         let resource_attrs = rs.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
-        let resource_run = self.resource_run(resource_attrs);
+        let resource_run = self.resource_run(
+            resource_attrs
+                .iter()
+                .map(|kv| (&kv.key[..], kv.value.as_ref().map(Val::from))),
+        );
         for ss in &rs.scope_spans {
             for span in &ss.spans {
                 sink(self.span(resource_run, span));
             }
         }
     }
+
+    /// Extracts every span of a request read in place ([`RequestView`]).
+    pub fn request_view<'a>(&self, req: RequestView<'a>, mut sink: impl FnMut(Extracted<'a>)) {
+        for rs in req.resource_spans() {
+            self.resource_spans_view(rs, &mut sink);
+        }
+    }
+
+    /// Extracts every span of one `ResourceSpans` read in place.
+    pub fn resource_spans_view<'a>(
+        &self,
+        rs: ResourceSpansView<'a>,
+        sink: &mut impl FnMut(Extracted<'a>),
+    ) {
+        let resource_run = self.resource_run(
+            rs.resource_attributes()
+                .map(|kv| (kv.key, kv.value.map(Val::from))),
+        );
+        for span in rs.spans() {
+            sink(self.span(resource_run, span));
+        }
+    }
 }
 
-fn span_ref(span: &Span) -> SpanRef {
+fn span_ref<'a>(span: impl SpanSource<'a>) -> SpanRef {
     let mut r = SpanRef::default();
-    if span.trace_id.len() == 16 {
-        r.trace_id.copy_from_slice(&span.trace_id);
+    if span.trace_id().len() == 16 {
+        r.trace_id.copy_from_slice(span.trace_id());
     }
-    if span.span_id.len() == 8 {
-        r.span_id.copy_from_slice(&span.span_id);
+    if span.span_id().len() == 8 {
+        r.span_id.copy_from_slice(span.span_id());
     }
     r
 }
@@ -548,26 +716,23 @@ fn clamp_u64(v: u64) -> Nanos {
 
 /// A run or request id: a non-empty string, or an integer in decimal.
 /// `Ok(None)` for an empty string (treated as absent).
-fn parse_id(v: &AnyValue) -> Result<Option<Cow<'_, str>>, String> {
-    match &v.value {
-        Some(Value::StringValue(s)) if s.is_empty() => Ok(None),
-        Some(Value::StringValue(s)) => utf8(s).map(|s| Some(Cow::Borrowed(s))),
-        Some(Value::IntValue(i)) => Ok(Some(Cow::Owned(i.to_string()))),
-        None => Ok(None),
-        Some(_) => Err("expected a string or an integer id".to_string()),
+fn parse_id(v: Val<'_>) -> Result<Option<Cow<'_, str>>, String> {
+    match v {
+        Val::Str([]) | Val::Empty => Ok(None),
+        Val::Str(s) => utf8(s).map(|s| Some(Cow::Borrowed(s))),
+        Val::Int(i) => Ok(Some(Cow::Owned(i.to_string()))),
+        _ => Err("expected a string or an integer id".to_string()),
     }
 }
 
 /// A non-negative count: an integer, an integral double, or a numeric string.
-fn parse_count(v: &AnyValue) -> Result<u64, String> {
-    match &v.value {
-        Some(Value::IntValue(i)) => {
-            u64::try_from(*i).map_err(|_| format!("expected a non-negative count, got {i}"))
+fn parse_count(v: Val<'_>) -> Result<u64, String> {
+    match v {
+        Val::Int(i) => {
+            u64::try_from(i).map_err(|_| format!("expected a non-negative count, got {i}"))
         }
-        Some(Value::DoubleValue(d)) if d.fract() == 0.0 && *d >= 0.0 && *d < 1.8e19 => {
-            Ok(*d as u64)
-        }
-        Some(Value::StringValue(b)) => {
+        Val::Double(d) if d.fract() == 0.0 && (0.0..1.8e19).contains(&d) => Ok(d as u64),
+        Val::Str(b) => {
             let s = utf8(b)?;
             s.trim()
                 .parse::<u64>()
@@ -581,11 +746,11 @@ fn parse_count(v: &AnyValue) -> Result<u64, String> {
 }
 
 /// Checks a string or an array of strings.
-fn check_string_list(v: &AnyValue) -> Result<(), String> {
-    match &v.value {
-        Some(Value::StringValue(s)) => utf8(s).map(|_| ()),
-        Some(Value::ArrayValue(a)) => a.values.iter().try_for_each(|x| match &x.value {
-            Some(Value::StringValue(s)) => utf8(s).map(|_| ()),
+fn check_string_list(v: Val<'_>) -> Result<(), String> {
+    match v {
+        Val::Str(s) => utf8(s).map(|_| ()),
+        Val::Array(a) => a.try_each(|x| match x {
+            Val::Str(s) => utf8(s).map(|_| ()),
             other => Err(format!("expected strings, got {}", describe(other))),
         }),
         other => Err(format!(
@@ -595,17 +760,17 @@ fn check_string_list(v: &AnyValue) -> Result<(), String> {
     }
 }
 
-fn describe(v: &Option<Value>) -> &'static str {
+fn describe(v: Val<'_>) -> &'static str {
     match v {
-        None => "an empty value",
-        Some(Value::StringValue(_)) => "a string",
-        Some(Value::BoolValue(_)) => "a bool",
-        Some(Value::IntValue(_)) => "an integer",
-        Some(Value::DoubleValue(_)) => "a double",
-        Some(Value::ArrayValue(_)) => "an array",
-        Some(Value::KvlistValue(_)) => "a key-value list",
-        Some(Value::BytesValue(_)) => "bytes",
-        Some(Value::StringValueStrindex(_)) => "a string-table index",
+        Val::Empty => "an empty value",
+        Val::Str(_) => "a string",
+        Val::Bool(_) => "a bool",
+        Val::Int(_) => "an integer",
+        Val::Double(_) => "a double",
+        Val::Array(_) => "an array",
+        Val::KvList => "a key-value list",
+        Val::Bytes => "bytes",
+        Val::StrIndex => "a string-table index",
     }
 }
 
@@ -617,10 +782,14 @@ fn describe(v: &Option<Value>) -> &'static str {
 /// A human-readable reason when the value is not a timestamp or is outside
 /// the range of `i64` nanoseconds (years 1677–2262).
 pub fn parse_timestamp(v: &AnyValue) -> Result<Nanos, String> {
-    let t = match &v.value {
-        Some(Value::IntValue(i)) => int_timestamp(*i),
-        Some(Value::DoubleValue(d)) => double_seconds(*d),
-        Some(Value::StringValue(s)) => string_timestamp(utf8(s)?),
+    timestamp(Val::from(v))
+}
+
+fn timestamp(v: Val<'_>) -> Result<Nanos, String> {
+    let t = match v {
+        Val::Int(i) => int_timestamp(i),
+        Val::Double(d) => double_seconds(d),
+        Val::Str(s) => string_timestamp(utf8(s)?),
         other => Err(format!("expected a timestamp, got {}", describe(other))),
     }?;
     in_range(t)
@@ -728,7 +897,7 @@ fn decimal_seconds(s: &str) -> Option<Nanos> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lean::{span::Event, ArrayValue, Status};
+    use crate::lean::{span::Event, ArrayValue, KeyValue, Status};
 
     fn int(i: i64) -> AnyValue {
         AnyValue {
@@ -888,7 +1057,10 @@ mod tests {
     fn run_from_resource_and_request_from_span_id() {
         let x = Extractor::default();
         let res = [kv("run.id", st("res-run"))];
-        let rr = x.resource_run(&res);
+        let rr = x.resource_run(
+            res.iter()
+                .map(|kv| (&kv.key[..], kv.value.as_ref().map(Val::from))),
+        );
         let sp = span(vec![kv("admitted_at", int(T))]);
         let o = obs(x.span(rr, &sp));
         assert_eq!(o.run_id, "res-run");

@@ -36,8 +36,9 @@ use crate::lean::{self, AnyValue, ResourceSpans};
 
 use crate::export::web::{report_page, TIMELINE_COLUMNS};
 use crate::extract::{parse_timestamp, Extracted, Extractor, Preset};
-use crate::input::{read_traces, InputFormat};
+use crate::input::{read_traces, FileSpans, InputFormat};
 use crate::join::Store;
+use crate::lean::view::ResourceSpansView;
 use crate::model::{Nanos, Stamp, NANOS_PER_SEC};
 use crate::report::{Report, Stats};
 use crate::testutil::{export, kv_int, request_span};
@@ -68,19 +69,13 @@ pub fn small_windows() -> WindowConfig {
 /// Extracts every span of `resource_spans` with `x` into a new store, checks
 /// that each span was counted once, and that joining them all a second time
 /// changes no report (with `cfg`). Returns the store and that report.
-fn join<'a>(
-    x: &Extractor,
-    resource_spans: impl Iterator<Item = &'a ResourceSpans> + Clone,
-    cfg: &WindowConfig,
-) -> (Store, Report) {
+fn join(x: &Extractor, resource_spans: &[FileSpans<'_>], cfg: &WindowConfig) -> (Store, Report) {
     let store = Store::new();
     let mut spans = 0u64;
-    for rs in resource_spans.clone() {
-        x.resource_spans(rs, &mut |e: Extracted<'_>| {
-            spans += 1;
-            store.apply(&e);
-        });
-    }
+    each(x, resource_spans, &mut |e: Extracted<'_>| {
+        spans += 1;
+        store.apply(&e);
+    });
     let c = &store.counters;
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     assert_eq!(
@@ -90,9 +85,7 @@ fn join<'a>(
     );
     let before = store.report(cfg);
     let counts = [&c.accepted, &c.ignored, &c.rejected].map(load);
-    for rs in resource_spans {
-        x.resource_spans(rs, &mut |e: Extracted<'_>| store.apply(&e));
-    }
+    each(x, resource_spans, &mut |e: Extracted<'_>| store.apply(&e));
     // The counters count deliveries: set them back to one delivery each.
     for (counter, n) in [&c.accepted, &c.ignored, &c.rejected]
         .into_iter()
@@ -177,6 +170,16 @@ fn stats(finite: &impl Fn(&str, Option<f64>), what: &str, s: &Stats) {
     }
 }
 
+/// Extracts every span of `spans` with `x`.
+fn each(x: &Extractor, spans: &[FileSpans<'_>], mut sink: &mut dyn FnMut(Extracted<'_>)) {
+    for s in spans {
+        match s {
+            FileSpans::Lean(rs) => x.resource_spans(rs, &mut sink),
+            FileSpans::Wire(rs) => x.resource_spans_view(*rs, &mut sink),
+        }
+    }
+}
+
 /// The reports of one input (each checked).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Analysis {
@@ -192,15 +195,15 @@ pub struct Analysis {
 /// names and each preset), join, report with the small windows and (for the
 /// default names) the default windows, check each report, and render the
 /// HTML report page.
-fn analyze(resource_spans: &[ResourceSpans]) -> Analysis {
+fn analyze(resource_spans: &[FileSpans<'_>]) -> Analysis {
     let small = small_windows();
     let [vllm, genai] = [Preset::Vllm, Preset::Genai].map(|preset| {
         let x = Extractor::with_preset(Some(preset), &Default::default());
-        let report = join(&x, resource_spans.iter(), &small).1;
+        let report = join(&x, resource_spans, &small).1;
         check(&report);
         report
     });
-    let (store, small_report) = join(&Extractor::default(), resource_spans.iter(), &small);
+    let (store, small_report) = join(&Extractor::default(), resource_spans, &small);
     check(&small_report);
     let _ = report_page(&store.pages(&small, TIMELINE_COLUMNS));
     let report = store.report(&default_windows());
@@ -233,14 +236,50 @@ fn outcome(
     name: &str,
     format: InputFormat,
 ) -> Outcome {
-    let mut spans = Vec::new();
+    // Every malformed or duplicate-free way `read_traces` can hand spans over
+    // is kept as it came (protobuf read in place, JSON decoded lean).
+    let mut owned: Vec<(Vec<u8>, Option<ResourceSpans>)> = Vec::new();
     let mut file_errors = Vec::new();
-    read_traces(data, name, format, &mut |_, rs| spans.push(rs), &mut |e| {
-        file_errors.push(e.to_string())
+    read_traces(
+        data,
+        name,
+        format,
+        &mut |_, rs| {
+            owned.push(match rs {
+                FileSpans::Lean(rs) => (Vec::new(), Some(rs)),
+                FileSpans::Wire(v) => (v.raw().to_vec(), None),
+            })
+        },
+        &mut |e| file_errors.push(e.to_string()),
+    );
+    let spans: Vec<FileSpans<'_>> = owned
+        .iter()
+        .map(|(raw, lean)| match lean {
+            Some(rs) => FileSpans::Lean(rs.clone()),
+            None => FileSpans::Wire(
+                ResourceSpansView::parse(raw).expect("a view read_traces handed out parses again"),
+            ),
+        })
+        .collect();
+    let decoded = decoded.map(|req| {
+        let spans: Vec<FileSpans<'_>> = req
+            .resource_spans
+            .iter()
+            .cloned()
+            .map(FileSpans::Lean)
+            .collect();
+        (analyze(&spans), req.resource_spans)
     });
-    let decoded = decoded.map(|req| (analyze(&req.resource_spans), req.resource_spans));
+    // The same spans as decoded: the file gives the same reports.
+    let same = |want: &[ResourceSpans]| {
+        want.len() == owned.len()
+            && owned.iter().zip(want).all(|((raw, lean), w)| match lean {
+                Some(rs) => rs == w,
+                None => prost::Message::decode(&raw[..]).ok().as_ref() == Some(w),
+            })
+    };
     let file = match &decoded {
-        Some((analysis, same)) if *same == spans => analysis.clone(),
+        Some((analysis, want)) if same(want) => analysis.clone(),
         _ => analyze(&spans),
     };
     Outcome {

@@ -6,9 +6,16 @@ use std::io::{BufRead, BufReader, Read};
 
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
-use prost::Message;
 
+use crate::lean::view::{RequestView, ResourceSpansView};
 use crate::lean::{self, ResourceSpans};
+
+/// One `ResourceSpans` read from a file: decoded from OTLP JSON, or
+/// protobuf read in place.
+pub enum FileSpans<'a> {
+    Lean(ResourceSpans),
+    Wire(ResourceSpansView<'a>),
+}
 
 /// How an input file is encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +47,7 @@ pub fn read_traces(
     reader: impl Read,
     name: &str,
     format: InputFormat,
-    sink: &mut impl FnMut(&str, ResourceSpans),
+    sink: &mut impl FnMut(&str, FileSpans<'_>),
     errors: &mut impl FnMut(InputError),
 ) {
     let mut plain = BufReader::with_capacity(1 << 16, reader);
@@ -81,7 +88,7 @@ pub fn read_traces(
 fn read_json_lines(
     mut r: impl BufRead,
     name: &str,
-    sink: &mut impl FnMut(&str, ResourceSpans),
+    sink: &mut impl FnMut(&str, FileSpans<'_>),
     errors: &mut impl FnMut(InputError),
 ) {
     let mut line = Vec::new();
@@ -110,7 +117,7 @@ fn read_json_lines(
             Ok(req) => req
                 .resource_spans
                 .into_iter()
-                .for_each(|rs| sink(&location, rs)),
+                .for_each(|rs| sink(&location, FileSpans::Lean(rs))),
             Err(e) => errors(InputError {
                 location,
                 reason: format!("not an OTLP JSON trace export: {e}"),
@@ -149,11 +156,12 @@ const MAX_MESSAGE: u64 = 64 << 20;
 fn read_proto(
     mut r: impl BufRead,
     name: &str,
-    sink: &mut impl FnMut(&str, ResourceSpans),
+    sink: &mut impl FnMut(&str, FileSpans<'_>),
     errors: &mut impl FnMut(InputError),
 ) {
     let length_prefixed = r.fill_buf().ok().and_then(|b| b.first().copied()) == Some(0);
     let mut offset = 0u64;
+    let mut buf = Vec::new();
     loop {
         let at = offset;
         let fail = |reason: String| InputError {
@@ -207,25 +215,23 @@ fn read_proto(
                 "message of {len} bytes exceeds the {MAX_MESSAGE}-byte limit"
             )));
         }
-        let mut buf = vec![0; len as usize];
+        buf.resize(len as usize, 0);
         if let Err(e) = r.read_exact(&mut buf) {
             return errors(fail(format!("truncated message: {e}")));
         }
-        // Decoding slices this buffer: strings are not copied.
-        let buf = Bytes::from(buf);
         offset += len;
         let location = format!("{name}:byte {at}");
+        // Read in place: nothing is copied or built.
         if length_prefixed {
-            match lean::decode(buf) {
+            match RequestView::parse(&buf) {
                 Ok(req) => req
-                    .resource_spans
-                    .into_iter()
-                    .for_each(|rs| sink(&location, rs)),
+                    .resource_spans()
+                    .for_each(|rs| sink(&location, FileSpans::Wire(rs))),
                 Err(e) => errors(fail(format!("not a protobuf trace export: {e}"))),
             }
         } else {
-            match ResourceSpans::decode(buf) {
-                Ok(rs) => sink(&location, rs),
+            match ResourceSpansView::parse(&buf) {
+                Ok(rs) => sink(&location, FileSpans::Wire(rs)),
                 Err(e) => errors(fail(format!("not a protobuf trace export: {e}"))),
             }
         }
@@ -249,6 +255,7 @@ mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
 
     fn req(n: usize) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest {
@@ -275,8 +282,13 @@ mod tests {
             "f",
             format,
             &mut |loc, rs| {
-                let name = String::from_utf8_lossy(&rs.scope_spans[0].spans[0].name).into_owned();
-                got.push(format!("{loc} {name}"))
+                let name = match rs {
+                    FileSpans::Lean(rs) => rs.scope_spans[0].spans[0].name.clone(),
+                    FileSpans::Wire(v) => {
+                        bytes::Bytes::copy_from_slice(v.spans().next().map_or(&[][..], |s| s.name))
+                    }
+                };
+                got.push(format!("{loc} {}", String::from_utf8_lossy(&name)))
             },
             &mut |e| errs.push(e.to_string()),
         );

@@ -204,8 +204,8 @@ pub async fn run(
             engine.restore(snap);
         }
         for bytes in &rec.records {
-            match crate::lean::decode(bytes::Bytes::from(bytes.clone())) {
-                Ok(req) => pipeline.replay(&req),
+            match crate::lean::view::RequestView::parse(bytes) {
+                Ok(req) => pipeline.replay(req),
                 Err(e) => tracing::warn!(error = %e, "undecodable write-ahead log record skipped"),
             }
         }

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::config::WindowArgs;
 use crate::extract::{AttributeNames, Extracted, Extractor, Preset};
+use crate::input::FileSpans;
 use crate::input::{read_traces, InputFormat};
 use crate::join::Store;
 use crate::report::Report;
@@ -66,13 +67,17 @@ pub fn load(files: &[String], format: InputFormat, preset: Option<Preset>) -> (S
     let store = Store::new();
     let mut problems = Vec::new();
     for name in files {
-        let mut sink = |loc: &str, rs: crate::lean::ResourceSpans| {
-            extractor.resource_spans(&rs, &mut |e: Extracted<'_>| {
+        let mut sink = |loc: &str, spans: FileSpans<'_>| {
+            let mut apply = |e: Extracted<'_>| {
                 if let Extracted::Rejected(r) = &e {
                     problems.push(format!("{loc}: {r}"));
                 }
                 store.apply(&e);
-            })
+            };
+            match &spans {
+                FileSpans::Lean(rs) => extractor.resource_spans(rs, &mut apply),
+                FileSpans::Wire(rs) => extractor.resource_spans_view(*rs, &mut apply),
+            }
         };
         let mut errors = Vec::new();
         let mut on_error = |e: crate::input::InputError| errors.push(e.to_string());

@@ -14,9 +14,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::Pipeline;
+use super::{Export, Pipeline};
 use crate::auth::{GrpcAuth, Token};
-use crate::lean::{self, ExportTraceServiceRequest};
+use crate::lean::view::RequestView;
 use crate::live::Refusal;
 
 /// The one place where refusals become gRPC statuses: overload is
@@ -34,12 +34,11 @@ fn status(r: Refusal) -> Status {
 /// The path of OTLP's trace export method.
 const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
-/// A decoded request with the bytes it was decoded from (which its strings
-/// slice, and which the write-ahead log stores as they are).
-type Decoded = (ExportTraceServiceRequest, Bytes);
+/// A request's bytes, read in place ([`RequestView`]).
+type Decoded = Bytes;
 
-/// Requests are decoded lean from the message buffer; responses are encoded
-/// with the full OTLP types.
+/// Requests are split off the receive buffer and checked; responses are
+/// encoded with the full OTLP types.
 #[derive(Clone, Copy, Debug, Default)]
 struct LeanCodec;
 
@@ -72,11 +71,9 @@ impl Decoder for LeanCodec {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Decoded>, Status> {
-        // Splits the message off the receive buffer without copying it.
-        let raw = src.copy_to_bytes(src.remaining());
-        let req = lean::decode(raw.clone())
-            .map_err(|e| Status::invalid_argument(format!("not an OTLP trace export: {e}")))?;
-        Ok(Some((req, raw)))
+        // Splits the message off the receive buffer without copying it; the
+        // handler checks it.
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 
@@ -91,18 +88,20 @@ impl NamedService for GrpcReceiver {
     const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
 }
 
-struct Export(Arc<Pipeline>);
+struct ExportMethod(Arc<Pipeline>);
 
-impl UnaryService<Decoded> for Export {
+impl UnaryService<Decoded> for ExportMethod {
     type Response = ExportTraceServiceResponse;
     type Future = BoxFuture<tonic::Response<Self::Response>, Status>;
 
     fn call(&mut self, request: tonic::Request<Decoded>) -> Self::Future {
         let pipeline = Arc::clone(&self.0);
         Box::pin(async move {
-            let (req, raw) = request.into_inner();
+            let raw = request.into_inner();
+            let view = RequestView::parse(&raw)
+                .map_err(|e| Status::invalid_argument(format!("not an OTLP trace export: {e}")))?;
             pipeline
-                .handle(&req, Some(raw))
+                .handle(Export::Wire(view, &raw))
                 .await
                 .map(tonic::Response::new)
                 .map_err(status)
@@ -137,7 +136,7 @@ where
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max_message);
-            Ok(grpc.unary(Export(pipeline), req).await)
+            Ok(grpc.unary(ExportMethod(pipeline), req).await)
         })
     }
 }

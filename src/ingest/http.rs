@@ -197,15 +197,16 @@ async fn export(
 ) -> Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, HttpError>
 {
     let raw = decompress(headers, body, s.max_message)?;
-    let (req, raw) = match enc {
-        Encoding::Protobuf => (
-            crate::lean::decode(raw.clone()).map_err(|e| HttpError::Undecodable(e.to_string()))?,
-            Some(raw),
-        ),
-        Encoding::Json => (
-            crate::lean::json::decode(&raw).map_err(|e| HttpError::Undecodable(e.to_string()))?,
-            None,
-        ),
-    };
-    Ok(s.pipeline.handle(&req, raw).await?)
+    match enc {
+        Encoding::Protobuf => {
+            let view = crate::lean::view::RequestView::parse(&raw)
+                .map_err(|e| HttpError::Undecodable(e.to_string()))?;
+            Ok(s.pipeline.handle(super::Export::Wire(view, &raw)).await?)
+        }
+        Encoding::Json => {
+            let req = crate::lean::json::decode(&raw)
+                .map_err(|e| HttpError::Undecodable(e.to_string()))?;
+            Ok(s.pipeline.handle(super::Export::Lean(&req)).await?)
+        }
+    }
 }

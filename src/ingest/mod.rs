@@ -15,6 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 
 use crate::extract::Extractor;
+use crate::lean::view::RequestView;
 use crate::lean::ExportTraceServiceRequest;
 use crate::live::{Engine, Now, Refusal};
 
@@ -51,6 +52,15 @@ impl RateLimit {
     }
 }
 
+/// A decoded export request: lean messages (from OTLP JSON), or protobuf
+/// read in place with the bytes it was read from (the write-ahead log
+/// stores them as they are).
+#[derive(Clone, Copy)]
+pub enum Export<'a> {
+    Lean(&'a ExportTraceServiceRequest),
+    Wire(RequestView<'a>, &'a Bytes),
+}
+
 /// Extraction plus the live engine: what every receiver calls.
 pub struct Pipeline {
     pub extractor: Extractor,
@@ -83,33 +93,30 @@ impl Pipeline {
 
     /// Applies a request read back from the write-ahead log (no limits, no
     /// logging).
-    pub fn replay(&self, req: &ExportTraceServiceRequest) {
+    pub fn replay(&self, req: RequestView<'_>) {
         let mut items = Vec::new();
-        self.extractor.request(req, |e| items.push(e));
+        self.extractor.request_view(req, |e| items.push(e));
         let now = Now::system(tokio::time::Instant::now().into_std());
         if let Err(e) = self.engine.ingest(items, now) {
             tracing::warn!(error = %e, "replayed request refused");
         }
     }
 
-    /// Extracts and joins every span of a request. `raw` is the request's
-    /// protobuf encoding when the caller has it (the write-ahead log stores
-    /// it; without it the request is encoded for the log).
+    /// Extracts and joins every span of a request.
     ///
     /// # Errors
     /// [`Refusal`] when the request is refused as a whole; nothing of it was
     /// applied ([`Refusal::retryable`] tells whether a retry can succeed).
-    pub async fn handle(
-        &self,
-        req: &ExportTraceServiceRequest,
-        raw: Option<Bytes>,
-    ) -> Result<ExportTraceServiceResponse, Refusal> {
-        let spans: usize = req
-            .resource_spans
-            .iter()
-            .flat_map(|rs| &rs.scope_spans)
-            .map(|ss| ss.spans.len())
-            .sum();
+    pub async fn handle(&self, req: Export<'_>) -> Result<ExportTraceServiceResponse, Refusal> {
+        let spans: usize = match req {
+            Export::Lean(r) => r
+                .resource_spans
+                .iter()
+                .flat_map(|rs| &rs.scope_spans)
+                .map(|ss| ss.spans.len())
+                .sum(),
+            Export::Wire(v, _) => v.span_count(),
+        };
         let counters = &self.engine.counters;
         let refuse = |r: Refusal| {
             counters
@@ -127,11 +134,17 @@ impl Pipeline {
             rl.take(spans).map_err(refuse)?;
         }
         let mut items = Vec::with_capacity(spans);
-        self.extractor.request(req, |e| items.push(e));
+        match req {
+            Export::Lean(r) => self.extractor.request(r, |e| items.push(e)),
+            Export::Wire(v, _) => self.extractor.request_view(v, |e| items.push(e)),
+        }
         let now = Now::system(tokio::time::Instant::now().into_std());
         let out = self.engine.ingest(items, now)?;
         if let (Some(wal), true) = (&self.wal, out.accepted > 0) {
-            let bytes = raw.map_or_else(|| prost::Message::encode_to_vec(req), |b| b.to_vec());
+            let bytes = match req {
+                Export::Lean(r) => prost::Message::encode_to_vec(r),
+                Export::Wire(_, raw) => raw.to_vec(),
+            };
             wal.append(bytes)
                 .await
                 .map_err(|e| Refusal::NotDurable(e.to_string()))?;

@@ -9,6 +9,7 @@
 #[allow(clippy::all, missing_docs)]
 mod generated;
 pub mod json;
+pub mod view;
 
 pub use generated::*;
 
@@ -252,6 +253,29 @@ mod tests {
         proptest::collection::vec(rs, 0..3).prop_map(|resource_spans| Full { resource_spans })
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// Cut short or with a byte changed, a request is refused by the
+        /// in-place reader exactly when the lean decoder refuses it.
+        #[test]
+        fn view_and_lean_refuse_the_same_damage(req in request(), cut in any::<prop::sample::Index>(), flip in any::<(prop::sample::Index, u8)>()) {
+            let bytes = prost::Message::encode_to_vec(&req);
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            let mut damaged = vec![bytes[..cut.index(bytes.len())].to_vec()];
+            let mut flipped = bytes.clone();
+            let i = flip.0.index(bytes.len());
+            flipped[i] ^= flip.1.max(1);
+            damaged.push(flipped);
+            for d in damaged {
+                let lean = super::decode(bytes::Bytes::from(d.clone()));
+                let view = super::view::RequestView::parse(&d);
+                prop_assert_eq!(lean.is_ok(), view.is_ok(), "lean {:?} vs view {:?}", lean.err(), view.err());
+            }
+        }
+    }
+
     /// What an extractor makes of a request, in a comparable form.
     fn extracted(x: &Extractor, req: &super::ExportTraceServiceRequest) -> Vec<String> {
         let mut out = Vec::new();
@@ -276,9 +300,13 @@ mod tests {
             let (full, json) = (super::ExportTraceServiceRequest::from(full), super::ExportTraceServiceRequest::from(json));
             let lean_json = super::json::decode(&text).expect("lean JSON decodes");
             prop_assert_eq!(&lean_json, &json);
+            let view = super::view::RequestView::parse(&bytes).expect("the view reads it");
             for preset in [None, Some(Preset::Vllm), Some(Preset::Genai)] {
                 let x = Extractor::with_preset(preset, &Default::default());
                 let want = extracted(&x, &full);
+                let mut in_place = Vec::new();
+                x.request_view(view, |e: Extracted<'_>| in_place.push(format!("{e:?}")));
+                prop_assert_eq!(&in_place, &want);
                 prop_assert_eq!(&extracted(&x, &lean), &want);
                 prop_assert_eq!(&extracted(&x, &json), &want);
                 prop_assert_eq!(&extracted(&x, &lean_json), &want);
