@@ -11,7 +11,7 @@
 //! The tick rate is read once with `getconf CLK_TCK`; when that fails it is
 //! assumed to be 100, the value on every Linux platform in practice.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -1051,7 +1051,52 @@ pub struct BenchReport {
     pub rejected_spans: u64,
     /// Runs listed by the server after the last repeat.
     pub runs_seen: Option<u64>,
+    /// The limit: CPU-seconds per million spans to only decode the same
+    /// bodies in this process with the fastest decoder (gunzip when
+    /// compressed, then the in-place reader visiting every span, attribute
+    /// and event), median of 5 passes.
+    pub decode_only_cpu_s_per_million_spans: f64,
+    /// `cpu_s_per_million_spans` over the decode-only cost.
+    pub limit_ratio: f64,
     pub repeats: Vec<Measurement>,
+}
+
+/// This thread's CPU seconds (utime + stime from `/proc/thread-self/stat`).
+fn thread_cpu_seconds(ticks_per_s: f64) -> anyhow::Result<f64> {
+    cpu_seconds("thread-self", ticks_per_s)
+}
+
+/// The decode-only cost of `load` in this process: CPU-seconds per million
+/// spans, median of 5 passes.
+fn decode_only(load: &Payloads, protocol: Protocol, gzip: bool, ticks: f64) -> anyhow::Result<f64> {
+    let mut per = Vec::new();
+    for _ in 0..5 {
+        let c0 = thread_cpu_seconds(ticks)?;
+        let mut visited = 0usize;
+        for body in &load.bodies {
+            let data = match protocol {
+                Protocol::Grpc => &body[5.min(body.len())..],
+                Protocol::Http => &body[..],
+            };
+            let plain;
+            let data = if gzip {
+                let mut v = Vec::new();
+                flate2::read::MultiGzDecoder::new(data)
+                    .read_to_end(&mut v)
+                    .context("gunzip of a prepared body")?;
+                plain = v;
+                &plain[..]
+            } else {
+                data
+            };
+            visited += crate::lean::view::RequestView::parse(data)
+                .context("a prepared body does not parse")?
+                .visit_all();
+        }
+        std::hint::black_box(visited);
+        per.push((thread_cpu_seconds(ticks)? - c0) / (load.spans as f64 / 1e6));
+    }
+    Ok(median(&per))
 }
 
 /// One send phase against `server`, measured.
@@ -1248,6 +1293,11 @@ pub fn write_table(out: &mut impl Write, r: &BenchReport) -> std::io::Result<()>
         out,
         "median: {:.0} spans/s, {:.3} server CPU-s per million spans; max peak RSS {:.1} MiB; {} retries, {} rejected spans",
         r.spans_per_s, r.cpu_s_per_million_spans, r.peak_rss_mib, r.retries, r.rejected_spans
+    )?;
+    writeln!(
+        out,
+        "limit: decoding only, in process, {:.3} CPU-s per million spans; end to end is {:.2}x that",
+        r.decode_only_cpu_s_per_million_spans, r.limit_ratio
     )
 }
 
@@ -1265,6 +1315,7 @@ pub async fn run(a: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
     }
     let ticks = clock_ticks();
     let (load, ms) = repeats(a, ticks).await?;
+    let decode = decode_only(&load, a.protocol, a.gzip, ticks)?;
     let col = |f: fn(&Measurement) -> f64| ms.iter().map(f).collect::<Vec<f64>>();
     let report = BenchReport {
         protocol: a.protocol,
@@ -1290,6 +1341,8 @@ pub async fn run(a: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
         retries: ms.iter().map(|m| m.retries).sum(),
         rejected_spans: ms.iter().map(|m| m.rejected_spans).sum(),
         runs_seen: ms.last().and_then(|m| m.runs_seen),
+        decode_only_cpu_s_per_million_spans: decode,
+        limit_ratio: median(&col(|m| m.cpu_s_per_million_spans)) / decode,
         repeats: ms,
     };
     if a.json {

@@ -273,6 +273,24 @@ impl<'a> RequestView<'a> {
         messages(self.0, 1).map(ResourceSpansView)
     }
 
+    /// Visits every span with its attributes and events, as decoding would
+    /// (the yardstick of the in-process decode-only cost); returns the
+    /// number of fields visited.
+    pub fn visit_all(self) -> usize {
+        let mut n = 0usize;
+        for rs in self.resource_spans() {
+            n += rs.resource_attributes().count();
+            for s in rs.spans() {
+                n += 1 + s
+                    .attributes()
+                    .map(|kv| usize::from(kv.value.is_some()))
+                    .sum::<usize>();
+                n += s.events().count();
+            }
+        }
+        n
+    }
+
     /// The number of spans.
     pub fn span_count(self) -> usize {
         self.resource_spans().map(|rs| rs.spans().count()).sum()
