@@ -486,28 +486,38 @@ impl Engine {
             });
         }
         let mut out = IngestOutcome::default();
+        // The run's entry stays locked over consecutive spans of that run.
+        let mut held: Option<dashmap::mapref::one::RefMut<'_, String, LiveRun>> = None;
         for e in items {
             match e {
                 Extracted::Observation(o) => {
-                    let mut run = match self.runs.get_mut(&*o.run_id) {
-                        Some(run) => run,
-                        None => self
-                            .runs
-                            .entry(o.run_id.to_string())
-                            .or_insert_with(|| LiveRun {
-                                join: RunState::default(),
-                                first_seen_unix_ns: now.unix_ns,
-                                last_span: now.mono,
-                                next_window: None,
-                                next_slice: None,
-                                gaps_done_until: i64::MIN,
-                                final_until: i64::MIN,
-                                windows: Vec::new(),
-                                late_spans: 0,
-                                sweep: None,
-                                profile: None,
-                                open_gap: None,
-                            }),
+                    if held.as_ref().is_none_or(|r| r.key().as_str() != &*o.run_id) {
+                        // Released before another entry is locked.
+                        drop(held.take());
+                        held = Some(match self.runs.get_mut(&*o.run_id) {
+                            Some(run) => run,
+                            None => {
+                                self.runs
+                                    .entry(o.run_id.to_string())
+                                    .or_insert_with(|| LiveRun {
+                                        join: RunState::default(),
+                                        first_seen_unix_ns: now.unix_ns,
+                                        last_span: now.mono,
+                                        next_window: None,
+                                        next_slice: None,
+                                        gaps_done_until: i64::MIN,
+                                        final_until: i64::MIN,
+                                        windows: Vec::new(),
+                                        late_spans: 0,
+                                        sweep: None,
+                                        profile: None,
+                                        open_gap: None,
+                                    })
+                            }
+                        });
+                    }
+                    let Some(run) = held.as_mut() else {
+                        continue;
                     };
                     run.last_span = now.mono;
                     if o.is_request()
