@@ -561,8 +561,15 @@ impl Engine {
     /// and every remaining window of runs idle for `idle_timeout` (or of all
     /// runs when `finalize_all`, at shutdown). Finished runs leave the live set.
     pub fn tick(&self, now: Now, finalize_all: bool) -> Vec<RunOutput> {
-        let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
         let mut outputs = Vec::new();
+        self.tick_each(now, finalize_all, |o| outputs.push(o));
+        outputs
+    }
+
+    /// [`Engine::tick`], handing each run's output to `each` as soon as it
+    /// is made (so many runs ending at once are never all held in memory).
+    pub fn tick_each(&self, now: Now, finalize_all: bool, mut each: impl FnMut(RunOutput)) {
+        let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
         for id in ids {
             let finalize = finalize_all
                 || self.runs.get(&id).is_some_and(|r| {
@@ -577,7 +584,7 @@ impl Engine {
                 report.late_spans = run.late_spans;
                 self.counters.runs_finalized.fetch_add(1, Ordering::Relaxed);
                 self.remember(id, report, timeline, now.mono);
-                outputs.push(out);
+                each(out);
             } else if let Some(mut run) = self.runs.get_mut(&id) {
                 let Some(max) = run.join.max_stamp else {
                     continue;
@@ -585,14 +592,14 @@ impl Engine {
                 let wm = max.saturating_sub(self.cfg.lateness);
                 if self.has_new_final(&run, wm) {
                     let (out, ..) = self.advance(&id, &mut run, Some(wm));
+                    drop(run);
                     if !out.is_empty() {
-                        outputs.push(out);
+                        each(out);
                     }
                 }
             }
         }
         self.prune_finals(now.mono);
-        outputs
     }
 
     fn has_new_final(&self, run: &LiveRun, wm: Nanos) -> bool {

@@ -16,7 +16,7 @@ use crate::export::otlp::{self, PushConfig, Pusher};
 use crate::export::prom::{ExportCounters, PromMetrics};
 use crate::extract::{AttributeNames, Extractor};
 use crate::ingest::{grpc, http, Pipeline};
-use crate::live::{Engine, LiveConfig, Now, RunOutput};
+use crate::live::{Engine, LiveConfig, Now};
 use crate::wal::Wal;
 
 /// Validated settings of the service.
@@ -103,17 +103,20 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn dispatch(&self, outputs: Vec<RunOutput>, forgotten: Vec<String>) {
-        for id in forgotten {
-            self.prom.forget(&id);
-        }
-        for out in outputs {
+    /// Takes what became final (see [`Engine::tick`]) to `/metrics` and the
+    /// OTLP pusher, one run at a time, then drops the series of the runs
+    /// that left the API.
+    fn tick(&self, engine: &Engine, finalize_all: bool) {
+        engine.tick_each(now(), finalize_all, |out| {
             self.prom.update(&out);
             if let Some(p) = &self.pusher {
                 if p.tx.try_send(out).is_err() {
                     tracing::warn!("OTLP export queue full; output dropped");
                 }
             }
+        });
+        for id in engine.take_forgotten() {
+            self.prom.forget(&id);
         }
     }
 }
@@ -280,7 +283,7 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = ticker.tick() => sinks.dispatch(engine.tick(now(), false), engine.take_forgotten()),
+            _ = ticker.tick() => sinks.tick(&engine, false),
             _ = checkpoints.tick(), if wal.is_some() => {
                 if let Some(w) = &wal {
                     if let Err(e) = w.checkpoint(|| engine.snapshot()).await {
@@ -299,13 +302,13 @@ pub async fn run(
     if let Some(w) = &wal {
         // With a write-ahead log, live runs stay live: a restart resumes them.
         tracing::info!("exporting what is final, then checkpointing");
-        sinks.dispatch(engine.tick(now(), false), engine.take_forgotten());
+        sinks.tick(&engine, false);
         if let Err(e) = w.checkpoint(|| engine.snapshot()).await {
             tracing::error!(error = %e, "checkpoint failed");
         }
     } else {
         tracing::info!("finalizing every run");
-        sinks.dispatch(engine.tick(now(), true), engine.take_forgotten());
+        sinks.tick(&engine, true);
     }
     if let Some(p) = sinks.pusher {
         tracing::info!("flushing the OTLP exporter");
