@@ -173,10 +173,7 @@ fn stats(finite: &impl Fn(&str, Option<f64>), what: &str, s: &Stats) {
 /// Extracts every span of `spans` with `x`.
 fn each(x: &Extractor, spans: &[FileSpans<'_>], mut sink: &mut dyn FnMut(Extracted<'_>)) {
     for s in spans {
-        match s {
-            FileSpans::Lean(rs) => x.resource_spans(rs, &mut sink),
-            FileSpans::Wire(rs) => x.resource_spans_view(*rs, &mut sink),
-        }
+        s.extract(x, &mut sink);
     }
 }
 

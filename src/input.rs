@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 
+use crate::extract::{Extracted, Extractor};
 use crate::lean::view::{RequestView, ResourceSpansView};
 use crate::lean::{self, ResourceSpans};
 
@@ -15,6 +16,16 @@ use crate::lean::{self, ResourceSpans};
 pub enum FileSpans<'a> {
     Lean(ResourceSpans),
     Wire(ResourceSpansView<'a>),
+}
+
+impl FileSpans<'_> {
+    /// Extracts every span with `x`, handing each result to `sink`.
+    pub fn extract<'b>(&'b self, x: &Extractor, sink: &mut impl FnMut(Extracted<'b>)) {
+        match self {
+            FileSpans::Lean(rs) => x.resource_spans(rs, sink),
+            FileSpans::Wire(rs) => x.resource_spans_view(*rs, sink),
+        }
+    }
 }
 
 /// How an input file is encoded.

@@ -5,7 +5,7 @@
 //! the same span delivered twice changes nothing and spans of one request may
 //! arrive in any order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -30,6 +30,9 @@ pub struct RunState {
     /// Cap observations of spans that were not request observations, in
     /// receive order, without duplicates.
     loose_caps: Vec<CapObservation>,
+    /// The loose caps' `(value, request, span_start)`, to drop duplicates.
+    #[serde(skip)]
+    loose_seen: HashSet<(u32, Option<RequestKey>, Nanos), FastHash>,
     /// Receive order of cap observations.
     cap_seq: u32,
     /// Requests a live run has not retired yet (indices, see `live`).
@@ -93,22 +96,14 @@ impl RunState {
     }
 
     fn loose_cap(&mut self, value: u32, request: Option<RequestKey>, span_start: Nanos) {
-        {
-            let mut c = CapObservation {
+        if self.loose_seen.insert((value, request, span_start)) {
+            self.loose_caps.push(CapObservation {
                 value,
                 request,
                 span_start,
-                seq: 0,
-            };
-            let seen = self
-                .loose_caps
-                .iter()
-                .any(|x| (x.value, x.request, x.span_start) == (c.value, c.request, c.span_start));
-            if !seen {
-                c.seq = self.cap_seq;
-                self.cap_seq = self.cap_seq.wrapping_add(1);
-                self.loose_caps.push(c);
-            }
+                seq: self.cap_seq,
+            });
+            self.cap_seq = self.cap_seq.wrapping_add(1);
         }
     }
 
@@ -153,20 +148,23 @@ impl RunState {
 
     /// Cap observations not carried on a request, resolved (receive order).
     pub fn loose_cap_points(&self) -> Vec<CapPoint> {
-        self.loose_caps
-            .iter()
-            .map(|c| {
-                let r = c
-                    .request
-                    .and_then(|k| self.index.get(&k))
-                    .map(|&i| &self.requests[i as usize]);
-                let t = r.and_then(cap_time).unwrap_or(c.span_start);
-                CapPoint { t, value: c.value }
-            })
-            .collect()
+        self.loose_points().map(|(_, p)| p).collect()
     }
 
-    /// Rebuilds the key index (after deserializing).
+    /// The loose caps with their receive order, each at the time of the
+    /// request it names if that has one, else at its span's start.
+    fn loose_points(&self) -> impl Iterator<Item = (u32, CapPoint)> + '_ {
+        self.loose_caps.iter().map(|c| {
+            let r = c
+                .request
+                .and_then(|k| self.index.get(&k))
+                .map(|&i| &self.requests[i as usize]);
+            let t = r.and_then(cap_time).unwrap_or(c.span_start);
+            (c.seq, CapPoint { t, value: c.value })
+        })
+    }
+
+    /// Rebuilds the key index and the loose caps' set (after deserializing).
     pub fn reindex(&mut self) {
         self.index = self
             .requests
@@ -174,30 +172,27 @@ impl RunState {
             .enumerate()
             .map(|(i, r)| (r.key, i as u32))
             .collect();
+        self.loose_seen = self
+            .loose_caps
+            .iter()
+            .map(|c| (c.value, c.request, c.span_start))
+            .collect();
     }
 
     /// Cap observations with their times resolved against the merged
     /// requests (SPEC §1: admitted_at, else queued_at, else released_at,
     /// else the span's start), in receive order.
     pub fn cap_points(&self) -> Vec<CapPoint> {
-        let at = cap_time;
         let mut points: Vec<(u32, CapPoint)> = self
             .requests
             .iter()
             .filter(|r| r.cap != NONE)
             .filter_map(|r| {
-                let t = at(r)?;
+                let t = cap_time(r)?;
                 Some((r.cap_seq, CapPoint { t, value: r.cap }))
             })
             .collect();
-        points.extend(self.loose_caps.iter().map(|c| {
-            let r = c
-                .request
-                .and_then(|k| self.index.get(&k))
-                .map(|&i| &self.requests[i as usize]);
-            let t = r.and_then(at).unwrap_or(c.span_start);
-            (c.seq, CapPoint { t, value: c.value })
-        }));
+        points.extend(self.loose_points());
         points.sort_by_key(|(seq, _)| *seq);
         points.into_iter().map(|(_, p)| p).collect()
     }

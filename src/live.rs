@@ -672,25 +672,17 @@ impl Engine {
         // (to the run's end when it ends).
         let until = wm.map_or(run_end, |wm| wm.min(run_end));
         let loose = run.join.loose_cap_points();
-        let (open, reqs) = run.join.open_mut();
+        // The first sweep starts as the offline one does: every request is
+        // still open, and the cap before the first observation is the first
+        // one's value.
         let (init, first_sweep) = match run.sweep.take() {
             Some(s) => (s, false),
-            None => {
-                let mut caps: Vec<crate::window::CapPoint> = loose.clone();
-                let mut seq: Vec<(u32, crate::window::CapPoint)> = open
-                    .iter()
-                    .map(|&i| &reqs[i as usize])
-                    .filter(|r| r.cap != crate::model::NONE)
-                    .filter_map(|r| {
-                        let t = crate::join::cap_time(r)?;
-                        Some((r.cap_seq, crate::window::CapPoint { t, value: r.cap }))
-                    })
-                    .collect();
-                seq.sort_unstable_by_key(|c| c.0);
-                caps.extend(seq.into_iter().map(|c| c.1));
-                (SweepState::initial(&caps, run_start, &w), true)
-            }
+            None => (
+                SweepState::initial(&run.join.cap_points(), run_start, &w),
+                true,
+            ),
         };
+        let (open, reqs) = run.join.open_mut();
         let sweep_from = init.at;
         if until > sweep_from {
             let (mut events, marks) = open_events(open, reqs, run_end, sweep_from, until);
@@ -730,7 +722,8 @@ impl Engine {
         let Some(p) = run.profile.as_mut() else {
             return (out, report, timeline);
         };
-        let candidates: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
+        // The requests still open, in no particular order.
+        let open_reqs: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
 
         // Gaps: the one carried over the frontier continues here.
         let mut gaps = p.gaps();
@@ -746,15 +739,14 @@ impl Engine {
                 _ => gaps.insert(0, g),
             }
         }
-        let sorted = candidates;
         if from <= to {
-            let reports = window_reports(p, &sorted, from, to, &w);
+            let reports = window_reports(p, &open_reqs, from, to, &w);
             for (k, rep) in (from..=to).zip(reports) {
                 let (ws, we) = (k * w.step, k * w.step + w.window);
                 out.windows.push(FinalWindow {
                     start: ws,
                     end: we,
-                    exemplars: window_exemplars(&sorted, &gaps, ws, we, run_end),
+                    exemplars: window_exemplars(&open_reqs, &gaps, ws, we, run_end),
                     report: rep,
                 });
             }
@@ -795,13 +787,13 @@ impl Engine {
                 end: g.end,
                 max_queue_depth: g.max_queue_depth,
                 cause: g.cause(),
-                waiting: waiting_in(&sorted, g.start, g.end, run_end),
+                waiting: waiting_in(&open_reqs, g.start, g.end, run_end),
             });
         }
         if let Some(g) = out.gaps.last() {
             run.gaps_done_until = g.end;
         }
-        drop(sorted);
+        drop(open_reqs);
         if wm.is_some() {
             // The gap in progress at the new frontier, measured up to it;
             // the timeline before the frontier is no longer needed.
@@ -931,7 +923,7 @@ impl Engine {
             .map(|(_, r)| f(r))
     }
 
-    /// Every live and kept run with its totals, sorted by `run_id`.
+    /// Every live and kept run with its totals, open_reqs by `run_id`.
     pub fn list(&self) -> Vec<RunSummary> {
         let mut out: Vec<RunSummary> = Vec::new();
         let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();

@@ -74,10 +74,7 @@ pub fn load(files: &[String], format: InputFormat, preset: Option<Preset>) -> (S
                 }
                 store.apply(&e);
             };
-            match &spans {
-                FileSpans::Lean(rs) => extractor.resource_spans(rs, &mut apply),
-                FileSpans::Wire(rs) => extractor.resource_spans_view(*rs, &mut apply),
-            }
+            spans.extract(&extractor, &mut apply);
         };
         let mut errors = Vec::new();
         let mut on_error = |e: crate::input::InputError| errors.push(e.to_string());

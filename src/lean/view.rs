@@ -293,7 +293,9 @@ impl<'a> RequestView<'a> {
 
     /// The number of spans.
     pub fn span_count(self) -> usize {
-        self.resource_spans().map(|rs| rs.spans().count()).sum()
+        self.resource_spans()
+            .map(|rs| rs.span_messages().count())
+            .sum()
     }
 }
 
@@ -325,9 +327,12 @@ impl<'a> ResourceSpansView<'a> {
 
     /// The spans of every scope.
     pub fn spans(self) -> impl Iterator<Item = SpanView<'a>> {
-        messages(self.0, 2)
-            .flat_map(|ss| messages(ss, 2))
-            .map(SpanView::new)
+        self.span_messages().map(SpanView::new)
+    }
+
+    /// The encoded spans of every scope (counted without reading them).
+    fn span_messages(self) -> impl Iterator<Item = &'a [u8]> {
+        messages(self.0, 2).flat_map(|ss| messages(ss, 2))
     }
 }
 
