@@ -43,9 +43,9 @@ fn stages(c: &mut Criterion) {
     g.throughput(Throughput::Elements(spans as u64));
     g.bench_function("decode/view", |b| {
         b.iter(|| {
-            tpsgap::lean::view::RequestView::parse(&bytes)
+            tpsgap::lean::view::RequestView::parse_framing(&bytes)
+                .and_then(|v| v.visit_all())
                 .expect("parses")
-                .visit_all()
         })
     });
     g.bench_function("decode/lean", |b| {
@@ -55,13 +55,18 @@ fn stages(c: &mut Criterion) {
         b.iter(|| ExportTraceServiceRequest::decode(&bytes[..]).expect("decodes"))
     });
     let lean = tpsgap::lean::decode(bytes.clone()).expect("decodes");
-    let view = tpsgap::lean::view::RequestView::parse(&bytes).expect("parses");
+    let view = tpsgap::lean::view::RequestView::parse_framing(&bytes).expect("parses");
+    // In place, extraction also checks each span as it reads it.
     g.bench_function("extract/view", |b| {
         b.iter(|| {
             let mut n = 0usize;
-            x.request_view(view, |e| {
-                n += usize::from(matches!(e, Extracted::Observation(_)))
-            });
+            tpsgap::lean::view::RequestView::parse_framing(&bytes)
+                .and_then(|v| {
+                    x.request_view(v, |e| {
+                        n += usize::from(matches!(e, Extracted::Observation(_)))
+                    })
+                })
+                .expect("reads");
             n
         })
     });
@@ -78,7 +83,7 @@ fn stages(c: &mut Criterion) {
         b.iter_batched(
             Store::new,
             |store| {
-                x.request_view(view, |e| store.apply(&e));
+                x.request_view(view, |e| store.apply(&e)).expect("reads");
                 store
             },
             BatchSize::SmallInput,
@@ -89,7 +94,7 @@ fn stages(c: &mut Criterion) {
             || Engine::new(LiveConfig::default()),
             |engine| {
                 let mut items = Vec::with_capacity(spans);
-                x.request_view(view, |e| items.push(e));
+                x.request_view(view, |e| items.push(e)).expect("reads");
                 let now = Now::system(Instant::now());
                 engine.ingest(items, now).expect("accepted");
                 engine

@@ -5,11 +5,11 @@
 //! attribute names and reused for every span.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::convert::Infallible;
 
 use serde::Deserialize;
 
-use crate::lean::view::{RequestView, ResourceSpansView, SpanView, ValueView};
+use crate::lean::view::{RequestView, ResourceSpansView, SpanView, ValueView, WireError};
 use crate::lean::{any_value::Value, AnyValue, ExportTraceServiceRequest, ResourceSpans, Span};
 use crate::model::{
     hex, request_key, span_request_key, Nanos, Observation, SpanRef, Stamp, NANOS_PER_SEC,
@@ -167,8 +167,10 @@ impl<'a> From<ValueView<'a>> for Val<'a> {
 /// What extraction reads of a span, from the lean messages or straight
 /// from the wire ([`SpanView`]).
 pub trait SpanSource<'a>: Copy {
+    /// Why an attribute cannot be read (never, for decoded messages).
+    type Error;
     /// Each attribute's key and value (`None`: the pair has no value).
-    fn attributes(self) -> impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone;
+    fn attributes(self) -> impl Iterator<Item = Result<Attr<'a>, Self::Error>> + Clone;
     /// Each event's name and time.
     fn events(self) -> impl Iterator<Item = (&'a [u8], u64)>;
     fn trace_id(self) -> &'a [u8];
@@ -181,10 +183,11 @@ pub trait SpanSource<'a>: Copy {
 }
 
 impl<'a> SpanSource<'a> for &'a Span {
-    fn attributes(self) -> impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone {
+    type Error = std::convert::Infallible;
+    fn attributes(self) -> impl Iterator<Item = Result<Attr<'a>, Self::Error>> + Clone {
         self.attributes
             .iter()
-            .map(|kv| (&kv.key[..], kv.value.as_ref().map(Val::from)))
+            .map(|kv| Ok((&kv.key[..], kv.value.as_ref().map(Val::from))))
     }
     fn events(self) -> impl Iterator<Item = (&'a [u8], u64)> {
         self.events.iter().map(|e| (&e.name[..], e.time_unix_nano))
@@ -210,8 +213,9 @@ impl<'a> SpanSource<'a> for &'a Span {
 }
 
 impl<'a> SpanSource<'a> for SpanView<'a> {
-    fn attributes(self) -> impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone {
-        SpanView::attributes(self).map(|kv| (kv.key, kv.value.map(Val::from)))
+    type Error = WireError;
+    fn attributes(self) -> impl Iterator<Item = Result<Attr<'a>, Self::Error>> + Clone {
+        SpanView::attributes(self).map(|kv| kv.map(|kv| (kv.key, kv.value.map(Val::from))))
     }
     fn events(self) -> impl Iterator<Item = (&'a [u8], u64)> {
         SpanView::events(self)
@@ -236,8 +240,14 @@ impl<'a> SpanSource<'a> for SpanView<'a> {
     }
 }
 
+/// An attribute's key and value (`None`: the pair has no value).
+pub type Attr<'a> = (&'a [u8], Option<Val<'a>>);
+
+/// An attribute's value by key (after [`Extractor::span`] read them all,
+/// so none fails to read here).
 fn attr<'a, S: SpanSource<'a>>(span: S, key: &str) -> Option<Val<'a>> {
     span.attributes()
+        .filter_map(Result::ok)
         .find(|(k, _)| *k == key.as_bytes())
         .and_then(|(_, v)| v)
 }
@@ -396,8 +406,8 @@ pub enum Extracted<'a> {
 /// Turns OTLP spans into observations using the configured attribute names.
 #[derive(Clone, Debug)]
 pub struct Extractor {
-    keys: HashMap<Box<[u8]>, (Field, u8), foldhash::fast::FixedState>,
-    events: HashMap<Box<[u8]>, Stamp, foldhash::fast::FixedState>,
+    keys: KeyTable<(Field, u8)>,
+    events: KeyTable<Stamp>,
     preset: Option<Preset>,
     max_attribute_length: usize,
 }
@@ -405,6 +415,58 @@ pub struct Extractor {
 impl Default for Extractor {
     fn default() -> Self {
         Extractor::new(&AttributeNames::default())
+    }
+}
+
+/// A small map from attribute keys, looked up once per attribute: keys are
+/// grouped by length and compared by their first eight bytes before the
+/// rest, so an unknown key usually costs one length check and no hashing.
+#[derive(Clone, Debug)]
+struct KeyTable<V> {
+    by_len: Vec<Vec<KeyEntry<V>>>,
+}
+
+/// A key's first eight bytes as a word, the key, and its value.
+type KeyEntry<V> = (u64, Box<[u8]>, V);
+
+impl<V> Default for KeyTable<V> {
+    fn default() -> Self {
+        KeyTable { by_len: Vec::new() }
+    }
+}
+
+/// The first eight bytes of a key (zero-padded), as one word.
+#[inline(always)]
+fn key_prefix(k: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    let n = k.len().min(8);
+    w[..n].copy_from_slice(&k[..n]);
+    u64::from_le_bytes(w)
+}
+
+impl<V> KeyTable<V> {
+    /// Adds `key` unless it is there already (the first name wins).
+    fn insert_first(&mut self, key: &[u8], v: V) {
+        if self.get(key).is_some() {
+            return;
+        }
+        if self.by_len.len() <= key.len() {
+            self.by_len.resize_with(key.len() + 1, Vec::new);
+        }
+        self.by_len[key.len()].push((key_prefix(key), key.into(), v));
+    }
+
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<&V> {
+        let bucket = self.by_len.get(key.len())?;
+        if bucket.is_empty() {
+            return None;
+        }
+        let p = key_prefix(key);
+        bucket
+            .iter()
+            .find(|(q, k, _)| *q == p && k[..] == *key)
+            .map(|(_, _, v)| v)
     }
 }
 
@@ -417,12 +479,11 @@ fn key_str(k: &[u8]) -> String {
 
 impl Extractor {
     pub fn new(n: &AttributeNames) -> Extractor {
-        let mut keys = HashMap::default();
-        let mut events = HashMap::default();
+        let mut keys = KeyTable::default();
+        let mut events = KeyTable::default();
         let mut add = |list: &[String], f: Field| {
             for (i, k) in list.iter().enumerate() {
-                keys.entry(k.as_bytes().into())
-                    .or_insert((f, u8::try_from(i).unwrap_or(u8::MAX)));
+                keys.insert_first(k.as_bytes(), (f, u8::try_from(i).unwrap_or(u8::MAX)));
             }
         };
         add(&n.run, Field::Run);
@@ -445,9 +506,9 @@ impl Extractor {
         add(&n.cap, Field::Cap);
         add(&names(&["error.type"]), Field::ErrorType);
         for (list, s) in stamp_names {
-            events.insert(s.event_name().as_bytes().into(), s);
+            events.insert_first(s.event_name().as_bytes(), s);
             for k in list {
-                events.insert(k.as_bytes().into(), s);
+                events.insert_first(k.as_bytes(), s);
             }
         }
         Extractor {
@@ -475,13 +536,14 @@ impl Extractor {
 
     /// Finds the attributes of each field; returns the first attribute
     /// whose string value is over the length limit, if any.
-    fn scan<'a>(
+    fn scan<'a, E>(
         &self,
-        attrs: impl Iterator<Item = (&'a [u8], Option<Val<'a>>)>,
+        attrs: impl Iterator<Item = Result<Attr<'a>, E>>,
         found: &mut Found<'a>,
-    ) -> Option<&'a [u8]> {
+    ) -> Result<Option<&'a [u8]>, E> {
         let mut too_long = None;
-        for (key, value) in attrs {
+        for a in attrs {
+            let (key, value) = a?;
             if too_long.is_none()
                 && matches!(value, Some(Val::Str(s)) if s.len() > self.max_attribute_length)
             {
@@ -495,7 +557,7 @@ impl Extractor {
                 *slot = Some((*prio, key, v));
             }
         }
-        too_long
+        Ok(too_long)
     }
 
     /// The run named by a resource's attributes, if any (the fallback for
@@ -505,7 +567,7 @@ impl Extractor {
         resource: impl Iterator<Item = (&'a [u8], Option<Val<'a>>)> + Clone,
     ) -> Option<(&'a [u8], Val<'a>)> {
         let mut found: Found<'a> = [None; FIELD_COUNT];
-        self.scan(resource.clone(), &mut found);
+        let Ok(_) = self.scan(resource.clone().map(Ok::<_, Infallible>), &mut found);
         found[Field::Run.slot()]
             .map(|(_, k, v)| (k, v))
             .or_else(|| {
@@ -518,13 +580,27 @@ impl Extractor {
     }
 
     /// Extracts one span. `resource_run` comes from [`Extractor::resource_run`].
+    ///
+    /// # Errors
+    /// When an attribute cannot be read (a malformed span read in place).
     pub fn span<'a, S: SpanSource<'a>>(
         &self,
         resource_run: Option<(&'a [u8], Val<'a>)>,
         span: S,
-    ) -> Extracted<'a> {
+    ) -> Result<Extracted<'a>, S::Error> {
         let mut found: Found<'a> = [None; FIELD_COUNT];
-        let too_long = self.scan(span.attributes(), &mut found);
+        let too_long = self.scan(span.attributes(), &mut found)?;
+        Ok(self.observe(resource_run, span, &found, too_long))
+    }
+
+    /// The observation of a span whose attributes `scan` found.
+    fn observe<'a, S: SpanSource<'a>>(
+        &self,
+        resource_run: Option<(&'a [u8], Val<'a>)>,
+        span: S,
+        found: &Found<'a>,
+        too_long: Option<&'a [u8]>,
+    ) -> Extracted<'a> {
         let span_ref = span_ref(span);
         let reject = |key: &[u8], reason: String| {
             Extracted::Rejected(Rejection {
@@ -671,31 +747,43 @@ impl Extractor {
         );
         for ss in &rs.scope_spans {
             for span in &ss.spans {
-                sink(self.span(resource_run, span));
+                let Ok(e) = self.span(resource_run, span);
+                sink(e);
             }
         }
     }
 
     /// Extracts every span of a request read in place ([`RequestView`]).
-    pub fn request_view<'a>(&self, req: RequestView<'a>, mut sink: impl FnMut(Extracted<'a>)) {
-        for rs in req.resource_spans() {
-            self.resource_spans_view(rs, &mut sink);
-        }
+    ///
+    /// # Errors
+    /// When a span is not well-formed; spans before it went to `sink`, so a
+    /// caller that applies a request whole collects them first.
+    pub fn request_view<'a>(
+        &self,
+        req: RequestView<'a>,
+        mut sink: impl FnMut(Extracted<'a>),
+    ) -> Result<(), WireError> {
+        req.resource_spans()
+            .try_for_each(|rs| self.resource_spans_view(rs, &mut sink))
     }
 
     /// Extracts every span of one `ResourceSpans` read in place.
+    ///
+    /// # Errors
+    /// As [`Extractor::request_view`].
     pub fn resource_spans_view<'a>(
         &self,
         rs: ResourceSpansView<'a>,
         sink: &mut impl FnMut(Extracted<'a>),
-    ) {
+    ) -> Result<(), WireError> {
         let resource_run = self.resource_run(
             rs.resource_attributes()
                 .map(|kv| (kv.key, kv.value.map(Val::from))),
         );
         for span in rs.spans() {
-            sink(self.span(resource_run, span));
+            sink(self.span(resource_run, span?)?);
         }
+        Ok(())
     }
 }
 
@@ -929,7 +1017,8 @@ mod tests {
             ..Default::default()
         }
     }
-    fn obs(e: Extracted<'_>) -> Observation<'_> {
+    fn obs(e: Result<Extracted<'_>, Infallible>) -> Observation<'_> {
+        let Ok(e) = e;
         match e {
             Extracted::Observation(o) => o,
             other => panic!("expected an observation, got {other:?}"),
@@ -1073,7 +1162,7 @@ mod tests {
         assert!(!o.is_request());
         assert_eq!(
             x.span(None, &span(vec![kv("admitted_at", int(T))])),
-            Extracted::NoRun
+            Ok(Extracted::NoRun)
         );
     }
 
@@ -1149,7 +1238,7 @@ mod tests {
         ];
         for (k, v) in cases {
             match x.span(None, &span(vec![kv("run_id", st("r")), kv(k, v.clone())])) {
-                Extracted::Rejected(r) => {
+                Ok(Extracted::Rejected(r)) => {
                     assert_eq!(r.attribute, k);
                     assert_eq!(r.span_id, "0000000000000007");
                 }
@@ -1172,7 +1261,7 @@ mod tests {
         assert_eq!(o.stamps.get(Stamp::Admitted), Some(TNS));
         assert_eq!(
             x.span(None, &span(vec![kv("run_id", st("r"))])),
-            Extracted::NoRun
+            Ok(Extracted::NoRun)
         );
     }
 }

@@ -20,9 +20,20 @@ pub enum FileSpans<'a> {
 
 impl FileSpans<'_> {
     /// Extracts every span with `x`, handing each result to `sink`.
-    pub fn extract<'b>(&'b self, x: &Extractor, sink: &mut impl FnMut(Extracted<'b>)) {
+    ///
+    /// # Errors
+    /// When a span read in place is malformed (never after
+    /// [`ResourceSpansView::parse`], which `read_traces` uses).
+    pub fn extract<'b>(
+        &'b self,
+        x: &Extractor,
+        sink: &mut impl FnMut(Extracted<'b>),
+    ) -> Result<(), crate::lean::view::WireError> {
         match self {
-            FileSpans::Lean(rs) => x.resource_spans(rs, sink),
+            FileSpans::Lean(rs) => {
+                x.resource_spans(rs, sink);
+                Ok(())
+            }
             FileSpans::Wire(rs) => x.resource_spans_view(*rs, sink),
         }
     }
@@ -295,9 +306,12 @@ mod tests {
             &mut |loc, rs| {
                 let name = match rs {
                     FileSpans::Lean(rs) => rs.scope_spans[0].spans[0].name.clone(),
-                    FileSpans::Wire(v) => {
-                        bytes::Bytes::copy_from_slice(v.spans().next().map_or(&[][..], |s| s.name))
-                    }
+                    FileSpans::Wire(v) => bytes::Bytes::copy_from_slice(
+                        v.spans()
+                            .next()
+                            .and_then(Result::ok)
+                            .map_or(&[][..], |s| s.name),
+                    ),
                 };
                 got.push(format!("{loc} {}", String::from_utf8_lossy(&name)))
             },

@@ -99,6 +99,9 @@ pub enum Refusal {
     /// the write-ahead log; it is not acknowledged.
     #[error("write-ahead log: {0}; retry")]
     NotDurable(String),
+    /// Not retryable: a span of the request is malformed protobuf.
+    #[error("not an OTLP trace export: {0}")]
+    Malformed(String),
     /// Not retryable: more spans in one request than `--max-spans-per-batch`.
     #[error(
         "{spans} spans in one request, at most {max} (--max-spans-per-batch); send smaller batches"
@@ -109,7 +112,7 @@ pub enum Refusal {
 impl Refusal {
     /// Whether the same request may succeed later.
     pub fn retryable(&self) -> bool {
-        !matches!(self, Refusal::TooManySpans { .. })
+        !matches!(self, Refusal::TooManySpans { .. } | Refusal::Malformed(_))
     }
 
     /// How long a client should wait before retrying.

@@ -207,7 +207,7 @@ pub async fn run(
             engine.restore(snap);
         }
         for bytes in &rec.records {
-            match crate::lean::view::RequestView::parse(bytes) {
+            match crate::lean::view::RequestView::parse_framing(bytes) {
                 Ok(req) => pipeline.replay(req),
                 Err(e) => tracing::warn!(error = %e, "undecodable write-ahead log record skipped"),
             }

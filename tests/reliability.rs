@@ -366,3 +366,69 @@ async fn garbage_at_both_receivers_leaves_the_service_up() {
     assert!(ok.is_ok(), "gRPC still takes valid requests");
     server.stop().await;
 }
+
+/// Spans are checked as they are read: a request whose second span holds
+/// a malformed attribute (a string value re-tagged as a varint) is refused
+/// whole at both receivers, and its first, well-formed span is not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_span_refuses_its_whole_request() {
+    use prost::Message;
+    use tpsgap::model::Stamp;
+    use tpsgap::testutil::{export, kv_str, request_span};
+    let server = TestServer::start(ServeConfig::default()).await;
+    let (grpc, http, api) = (server.grpc, server.http, server.api);
+    let t = 1_800_000_000 * SEC;
+    let req = export(vec![
+        request_span("whole-a", "ok", &[(Stamp::Queued, t)], vec![], 1),
+        request_span(
+            "whole-b",
+            "bad",
+            &[(Stamp::Queued, t)],
+            vec![kv_str("zz", "v")],
+            2,
+        ),
+    ]);
+    let good = req.encode_to_vec();
+    // The attribute `zz` = "v": key, then the value `0a 01 76` (field 1,
+    // length-delimited); `08 01 76` makes field 1 a varint.
+    let at = good
+        .windows(9)
+        .position(|w| w == b"\x0a\x02zz\x12\x03\x0a\x01v")
+        .expect("the attribute is encoded as expected");
+    let mut bad = good.clone();
+    bad[at + 6] = 0x08;
+    assert!(
+        opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+            &bad[..]
+        )
+        .is_err(),
+        "prost refuses it too"
+    );
+
+    let status = raw_grpc(grpc, bad.clone()).await.expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("not an OTLP trace export: invalid protobuf: wrong wire type"),
+        "{}",
+        status.message()
+    );
+    let checks = tokio::task::spawn_blocking(move || {
+        let post = |body: &[u8]| {
+            let ct = [("Content-Type", "application/x-protobuf")];
+            common::http_post(http, "/v1/traces", &ct, body).0
+        };
+        assert_eq!(post(&bad), 400);
+        assert_eq!(
+            common::http_get(api, "/api/v1/runs/whole-a").0,
+            404,
+            "nothing applied"
+        );
+        assert_eq!(post(&good), 200, "the same request undamaged is taken");
+        assert_eq!(common::http_get(api, "/api/v1/runs/whole-a").0, 200);
+    })
+    .await;
+    checks.expect("checks");
+    server.stop().await;
+}

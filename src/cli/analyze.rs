@@ -74,7 +74,9 @@ pub fn load(files: &[String], format: InputFormat, preset: Option<Preset>) -> (S
                 }
                 store.apply(&e);
             };
-            spans.extract(&extractor, &mut apply);
+            if let Err(e) = spans.extract(&extractor, &mut apply) {
+                problems.push(format!("{loc}: not a protobuf trace export: {e}"));
+            }
         };
         let mut errors = Vec::new();
         let mut on_error = |e: crate::input::InputError| errors.push(e.to_string());

@@ -1089,9 +1089,9 @@ fn decode_only(load: &Payloads, protocol: Protocol, gzip: bool, ticks: f64) -> a
             } else {
                 data
             };
-            visited += crate::lean::view::RequestView::parse(data)
-                .context("a prepared body does not parse")?
-                .visit_all();
+            visited += crate::lean::view::RequestView::parse_framing(data)
+                .and_then(|v| v.visit_all())
+                .context("a prepared body does not parse")?;
         }
         std::hint::black_box(visited);
         per.push((thread_cpu_seconds(ticks)? - c0) / (load.spans as f64 / 1e6));

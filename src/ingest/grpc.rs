@@ -98,7 +98,7 @@ impl UnaryService<Decoded> for ExportMethod {
         let pipeline = Arc::clone(&self.0);
         Box::pin(async move {
             let raw = request.into_inner();
-            let view = RequestView::parse(&raw)
+            let view = RequestView::parse_framing(&raw)
                 .map_err(|e| Status::invalid_argument(format!("not an OTLP trace export: {e}")))?;
             pipeline
                 .handle(Export::Wire(view, &raw))

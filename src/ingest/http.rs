@@ -199,7 +199,7 @@ async fn export(
     let raw = decompress(headers, body, s.max_message)?;
     match enc {
         Encoding::Protobuf => {
-            let view = crate::lean::view::RequestView::parse(&raw)
+            let view = crate::lean::view::RequestView::parse_framing(&raw)
                 .map_err(|e| HttpError::Undecodable(e.to_string()))?;
             Ok(s.pipeline.handle(super::Export::Wire(view, &raw)).await?)
         }

@@ -54,7 +54,8 @@ impl RateLimit {
 
 /// A decoded export request: lean messages (from OTLP JSON), or protobuf
 /// read in place with the bytes it was read from (the write-ahead log
-/// stores them as they are).
+/// stores them as they are); its spans are checked as they are read
+/// ([`RequestView::parse_framing`]).
 #[derive(Clone, Copy)]
 pub enum Export<'a> {
     Lean(&'a ExportTraceServiceRequest),
@@ -95,7 +96,10 @@ impl Pipeline {
     /// logging).
     pub fn replay(&self, req: RequestView<'_>) {
         let mut items = Vec::new();
-        self.extractor.request_view(req, |e| items.push(e));
+        if let Err(e) = self.extractor.request_view(req, |e| items.push(e)) {
+            tracing::warn!(error = %e, "undecodable write-ahead log record skipped");
+            return;
+        }
         let now = Now::system(tokio::time::Instant::now().into_std());
         if let Err(e) = self.engine.ingest(items, now) {
             tracing::warn!(error = %e, "replayed request refused");
@@ -136,7 +140,12 @@ impl Pipeline {
         let mut items = Vec::with_capacity(spans);
         match req {
             Export::Lean(r) => self.extractor.request(r, |e| items.push(e)),
-            Export::Wire(v, _) => self.extractor.request_view(v, |e| items.push(e)),
+            // Spans are checked as they are read: a malformed one refuses the
+            // whole request before anything of it is applied.
+            Export::Wire(v, _) => self
+                .extractor
+                .request_view(v, |e| items.push(e))
+                .map_err(|e| Refusal::Malformed(e.to_string()))?,
         }
         let now = Now::system(tokio::time::Instant::now().into_std());
         let out = self.engine.ingest(items, now)?;

@@ -256,7 +256,9 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         /// Cut short or with a byte changed, a request is refused by the
-        /// in-place reader exactly when the lean decoder refuses it.
+        /// in-place reader exactly when the lean decoder refuses it: checked
+        /// whole, and checked span by span as extraction reads it (the
+        /// receivers' way).
         #[test]
         fn view_and_lean_refuse_the_same_damage(req in request(), cut in any::<prop::sample::Index>(), flip in any::<(prop::sample::Index, u8)>()) {
             let bytes = prost::Message::encode_to_vec(&req);
@@ -272,6 +274,9 @@ mod tests {
                 let lean = super::decode(bytes::Bytes::from(d.clone()));
                 let view = super::view::RequestView::parse(&d);
                 prop_assert_eq!(lean.is_ok(), view.is_ok(), "lean {:?} vs view {:?}", lean.err(), view.err());
+                let read = super::view::RequestView::parse_framing(&d)
+                    .and_then(|v| Extractor::default().request_view(v, drop));
+                prop_assert_eq!(lean.is_ok(), read.is_ok(), "lean {:?} vs reading {:?}", lean.err(), read.err());
             }
         }
     }
@@ -300,12 +305,13 @@ mod tests {
             let (full, json) = (super::ExportTraceServiceRequest::from(full), super::ExportTraceServiceRequest::from(json));
             let lean_json = super::json::decode(&text).expect("lean JSON decodes");
             prop_assert_eq!(&lean_json, &json);
-            let view = super::view::RequestView::parse(&bytes).expect("the view reads it");
+            let view = super::view::RequestView::parse_framing(&bytes).expect("the view reads it");
             for preset in [None, Some(Preset::Vllm), Some(Preset::Genai)] {
                 let x = Extractor::with_preset(preset, &Default::default());
                 let want = extracted(&x, &full);
                 let mut in_place = Vec::new();
-                x.request_view(view, |e: Extracted<'_>| in_place.push(format!("{e:?}")));
+                x.request_view(view, |e: Extracted<'_>| in_place.push(format!("{e:?}")))
+                    .expect("every span reads");
                 prop_assert_eq!(&in_place, &want);
                 prop_assert_eq!(&extracted(&x, &lean), &want);
                 prop_assert_eq!(&extracted(&x, &json), &want);

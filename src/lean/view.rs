@@ -25,10 +25,12 @@ impl std::error::Error for WireError {}
 /// A field's payload by wire type.
 #[derive(Clone, Copy, Debug)]
 enum Wire<'a> {
-    Varint(u64),
+    Varint,
     Fixed64(u64),
     Len(&'a [u8]),
     Fixed32,
+    /// A group (a deprecated encoding, skipped whole as prost does).
+    Group,
 }
 
 /// The fields of a message, in order. On malformed input it stops with an
@@ -94,7 +96,10 @@ impl<'a> Fields<'a> {
             .filter(|f| (1..1 << 29).contains(f))
             .ok_or(WireError("invalid field number"))?;
         let wire = match key & 7 {
-            0 => Wire::Varint(varint(&mut self.buf)?),
+            0 => {
+                varint(&mut self.buf)?;
+                Wire::Varint
+            }
             1 => Wire::Fixed64(u64::from_le_bytes(
                 take(&mut self.buf, 8)?.try_into().unwrap_or_default(),
             )),
@@ -107,7 +112,12 @@ impl<'a> Fields<'a> {
                 take(&mut self.buf, 4)?;
                 Wire::Fixed32
             }
-            _ => return Err(WireError("unsupported wire type (group)")),
+            3 => {
+                skip_group(&mut self.buf, field, 0)?;
+                Wire::Group
+            }
+            4 => return Err(END_GROUP),
+            _ => return Err(WireError("invalid wire type")),
         };
         Ok(Some((field, wire)))
     }
@@ -140,13 +150,14 @@ fn check<'a>(
     let mut f = Fields::new(buf);
     while let Some((n, w)) = f.next_field()? {
         let ty = match w {
-            Wire::Varint(_) => 0,
+            Wire::Varint => 0,
             Wire::Fixed64(_) => 1,
             Wire::Len(_) => 2,
             Wire::Fixed32 => 5,
+            Wire::Group => 3,
         };
         match expect(n) {
-            Some(t) if t != ty => return Err(WireError("wrong wire type for a known field")),
+            Some(t) if t != ty => return Err(WRONG_TYPE),
             Some(_) => {
                 if let Wire::Len(b) = w {
                     inner(n, b)?;
@@ -158,81 +169,71 @@ fn check<'a>(
     Ok(())
 }
 
-fn check_key_value(buf: &[u8], depth: u32) -> Result<(), WireError> {
-    check(
-        buf,
-        |n| match n {
-            1 | 2 => Some(2),
-            _ => None,
-        },
-        |n, b| match n {
-            2 => check_any_value(b, depth),
-            _ => Ok(()),
-        },
-    )
-}
+const WRONG_TYPE: WireError = WireError("wrong wire type for a known field");
 
-fn check_any_value(buf: &[u8], depth: u32) -> Result<(), WireError> {
-    if depth > 100 {
-        return Err(WireError("values nested too deep"));
+/// A field's key: its number and wire type.
+#[inline(always)]
+fn key(buf: &mut &[u8]) -> Result<(u32, u8), WireError> {
+    let k = varint(buf)?;
+    match u32::try_from(k >> 3) {
+        Ok(n) if (1..1 << 29).contains(&n) => Ok((n, (k & 7) as u8)),
+        _ => Err(WireError("invalid field number")),
     }
-    check(
-        buf,
-        |n| match n {
-            1 | 5 | 6 | 7 => Some(2),
-            2 | 3 | 8 => Some(0),
-            4 => Some(1),
-            _ => None,
-        },
-        |n, b| match n {
-            5 => check(
-                b,
-                |n| (n == 1).then_some(2),
-                |_, v| check_any_value(v, depth + 1),
-            ),
-            // A key-value list is recognized, not read: only its framing.
-            6 => check(b, |_| None, |_, _| Ok(())),
-            _ => Ok(()),
-        },
-    )
 }
 
-fn check_attributes_of(field: u32) -> impl Fn(u32, &[u8]) -> Result<(), WireError> {
-    move |n, b| {
-        if n == field {
-            check_key_value(b, 0)
-        } else {
-            Ok(())
+#[inline(always)]
+fn len_delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], WireError> {
+    let n = usize::try_from(varint(buf)?).map_err(|_| WireError("length too large"))?;
+    take(buf, n)
+}
+
+#[inline(always)]
+fn fixed64(buf: &mut &[u8]) -> Result<u64, WireError> {
+    let b = take(buf, 8)?;
+    Ok(u64::from_le_bytes(b.try_into().unwrap_or_default()))
+}
+
+const END_GROUP: WireError = WireError("unexpected end group tag");
+
+/// Skips the payload of field `field`, which tpsgap does not read.
+#[inline]
+fn skip(buf: &mut &[u8], field: u32, wire: u8) -> Result<(), WireError> {
+    match wire {
+        0 => varint(buf).map(drop),
+        1 => take(buf, 8).map(drop),
+        2 => len_delimited(buf).map(drop),
+        5 => take(buf, 4).map(drop),
+        3 => skip_group(buf, field, 0),
+        4 => Err(END_GROUP),
+        _ => Err(WireError("invalid wire type")),
+    }
+}
+
+/// Skips a group's fields up to its end tag (prost reads groups of
+/// unknown fields this way).
+#[inline(never)]
+fn skip_group(buf: &mut &[u8], field: u32, depth: u32) -> Result<(), WireError> {
+    if depth > 100 {
+        return Err(WireError("groups nested too deep"));
+    }
+    loop {
+        match key(buf)? {
+            (n, 4) if n == field => return Ok(()),
+            (_, 4) => return Err(END_GROUP),
+            (n, 3) => skip_group(buf, n, depth + 1)?,
+            (n, w) => skip(buf, n, w)?,
         }
     }
 }
 
+/// Checks a span: its fields and every attribute.
 fn check_span(buf: &[u8]) -> Result<(), WireError> {
-    check(
-        buf,
-        |n| match n {
-            1 | 2 | 5 | 9 | 11 | 15 => Some(2),
-            7 | 8 => Some(1),
-            _ => None,
-        },
-        |n, b| match n {
-            9 => check_key_value(b, 0),
-            11 => check(
-                b,
-                |n| match n {
-                    1 => Some(1),
-                    2 => Some(2),
-                    _ => None,
-                },
-                |_, _| Ok(()),
-            ),
-            15 => check(b, |n| (n == 3).then_some(0), |_, _| Ok(())),
-            _ => Ok(()),
-        },
-    )
+    SpanView::read(buf)?
+        .attributes()
+        .try_for_each(|kv| kv.map(drop))
 }
 
-fn check_resource_spans(rs: &[u8]) -> Result<(), WireError> {
+fn check_resource_spans(rs: &[u8], spans: bool) -> Result<(), WireError> {
     check(
         rs,
         |n| match n {
@@ -240,17 +241,25 @@ fn check_resource_spans(rs: &[u8]) -> Result<(), WireError> {
             _ => None,
         },
         |n, b| match n {
-            1 => check(b, |n| (n == 1).then_some(2), check_attributes_of(1)),
-            _ => check(b, |n| (n == 2).then_some(2), |_, s| check_span(s)),
+            1 => check(
+                b,
+                |n| (n == 1).then_some(2),
+                |_, kv| KeyValueView::read(kv).map(drop),
+            ),
+            _ => check(
+                b,
+                |n| (n == 2).then_some(2),
+                |_, s| if spans { check_span(s) } else { Ok(()) },
+            ),
         },
     )
 }
 
-fn check_request(buf: &[u8]) -> Result<(), WireError> {
+fn check_request(buf: &[u8], spans: bool) -> Result<(), WireError> {
     check(
         buf,
         |n| (n == 1).then_some(2),
-        |_, rs| check_resource_spans(rs),
+        |_, rs| check_resource_spans(rs, spans),
     )
 }
 
@@ -265,7 +274,19 @@ impl<'a> RequestView<'a> {
     /// When it is not a well-formed trace export (a truncated or
     /// mis-typed field anywhere in the fields tpsgap reads).
     pub fn parse(buf: &'a [u8]) -> Result<RequestView<'a>, WireError> {
-        check_request(buf)?;
+        check_request(buf, true)?;
+        Ok(RequestView(buf))
+    }
+
+    /// Checks `buf` down to the framing of each span (and the resources
+    /// whole): the spans' own fields are checked as [`SpanView::read`] and
+    /// [`SpanView::attributes`] read them, so each byte is walked once. A
+    /// reader must treat an error there as the whole request's.
+    ///
+    /// # Errors
+    /// When the framing is not well-formed.
+    pub fn parse_framing(buf: &'a [u8]) -> Result<RequestView<'a>, WireError> {
+        check_request(buf, false)?;
         Ok(RequestView(buf))
     }
 
@@ -273,22 +294,26 @@ impl<'a> RequestView<'a> {
         messages(self.0, 1).map(ResourceSpansView)
     }
 
-    /// Visits every span with its attributes and events, as decoding would
-    /// (the yardstick of the in-process decode-only cost); returns the
-    /// number of fields visited.
-    pub fn visit_all(self) -> usize {
+    /// Reads every span with its attributes and events, as decoding would,
+    /// checking what [`RequestView::parse_framing`] left (the yardstick of
+    /// the in-process decode-only cost); returns the number of fields
+    /// visited.
+    ///
+    /// # Errors
+    /// When a span is not well-formed.
+    pub fn visit_all(self) -> Result<usize, WireError> {
         let mut n = 0usize;
         for rs in self.resource_spans() {
             n += rs.resource_attributes().count();
             for s in rs.spans() {
-                n += 1 + s
-                    .attributes()
-                    .map(|kv| usize::from(kv.value.is_some()))
-                    .sum::<usize>();
-                n += s.events().count();
+                let s = s?;
+                n += 1 + s.events().count();
+                for kv in s.attributes() {
+                    n += usize::from(kv?.value.is_some());
+                }
             }
         }
-        n
+        Ok(n)
     }
 
     /// The number of spans.
@@ -309,7 +334,7 @@ impl<'a> ResourceSpansView<'a> {
     /// # Errors
     /// When it is not well-formed.
     pub fn parse(buf: &'a [u8]) -> Result<ResourceSpansView<'a>, WireError> {
-        check_resource_spans(buf)?;
+        check_resource_spans(buf, true)?;
         Ok(ResourceSpansView(buf))
     }
 
@@ -318,16 +343,16 @@ impl<'a> ResourceSpansView<'a> {
         self.0
     }
 
-    /// The resource's attributes.
+    /// The resource's attributes (checked by `parse` and `parse_framing`).
     pub fn resource_attributes(self) -> impl Iterator<Item = KeyValueView<'a>> + Clone {
         messages(self.0, 1)
             .flat_map(|r| messages(r, 1))
-            .map(KeyValueView::new)
+            .filter_map(|kv| KeyValueView::read(kv).ok())
     }
 
-    /// The spans of every scope.
-    pub fn spans(self) -> impl Iterator<Item = SpanView<'a>> {
-        self.span_messages().map(SpanView::new)
+    /// The spans of every scope, each read with [`SpanView::read`].
+    pub fn spans(self) -> impl Iterator<Item = Result<SpanView<'a>, WireError>> {
+        self.span_messages().map(SpanView::read)
     }
 
     /// The encoded spans of every scope (counted without reading them).
@@ -344,19 +369,26 @@ pub struct KeyValueView<'a> {
 }
 
 impl<'a> KeyValueView<'a> {
-    fn new(buf: &'a [u8]) -> KeyValueView<'a> {
+    /// Reads and checks one `KeyValue`.
+    ///
+    /// # Errors
+    /// When it is not well-formed (its value included).
+    #[inline]
+    pub fn read(buf: &'a [u8]) -> Result<KeyValueView<'a>, WireError> {
         let mut kv = KeyValueView {
             key: &[],
             value: None,
         };
-        for (n, w) in Fields::new(buf) {
-            match (n, w) {
-                (1, Wire::Len(b)) => kv.key = b,
-                (2, Wire::Len(b)) => kv.value = Some(ValueView::new(b)),
-                _ => {}
+        let mut p = buf;
+        while !p.is_empty() {
+            match key(&mut p)? {
+                (1, 2) => kv.key = len_delimited(&mut p)?,
+                (2, 2) => kv.value = Some(ValueView::read(len_delimited(&mut p)?, 0)?),
+                (1 | 2, _) => return Err(WRONG_TYPE),
+                (n, w) => skip(&mut p, n, w)?,
             }
         }
-        kv
+        Ok(kv)
     }
 }
 
@@ -376,31 +408,57 @@ pub enum ValueView<'a> {
 }
 
 impl<'a> ValueView<'a> {
-    fn new(buf: &'a [u8]) -> ValueView<'a> {
+    /// Reads and checks an `AnyValue` nested `depth` arrays deep (an array's
+    /// values are checked, a key-value list only for its framing).
+    ///
+    /// # Errors
+    /// When it is not well-formed or nested too deep.
+    #[inline]
+    pub fn read(buf: &'a [u8], depth: u32) -> Result<ValueView<'a>, WireError> {
+        if depth > 100 {
+            return Err(WireError("values nested too deep"));
+        }
         let mut v = ValueView::Empty;
-        for (n, w) in Fields::new(buf) {
-            v = match (n, w) {
-                (1, Wire::Len(b)) => ValueView::String(b),
-                (2, Wire::Varint(x)) => ValueView::Bool(x != 0),
-                (3, Wire::Varint(x)) => ValueView::Int(x as i64),
-                (4, Wire::Fixed64(x)) => ValueView::Double(f64::from_bits(x)),
-                (5, Wire::Len(b)) => ValueView::Array(b),
-                (6, Wire::Len(_)) => ValueView::KvList,
-                (7, Wire::Len(b)) => ValueView::Bytes(b),
-                (8, Wire::Varint(x)) => ValueView::StringIndex(x as i32),
-                _ => continue,
+        let mut p = buf;
+        while !p.is_empty() {
+            v = match key(&mut p)? {
+                (1, 2) => ValueView::String(len_delimited(&mut p)?),
+                (2, 0) => ValueView::Bool(varint(&mut p)? != 0),
+                (3, 0) => ValueView::Int(varint(&mut p)? as i64),
+                (4, 1) => ValueView::Double(f64::from_bits(fixed64(&mut p)?)),
+                (5, 2) => {
+                    let b = len_delimited(&mut p)?;
+                    check(
+                        b,
+                        |n| (n == 1).then_some(2),
+                        |_, v| ValueView::read(v, depth + 1).map(drop),
+                    )?;
+                    ValueView::Array(b)
+                }
+                (6, 2) => {
+                    check(len_delimited(&mut p)?, |_| None, |_, _| Ok(()))?;
+                    ValueView::KvList
+                }
+                (7, 2) => ValueView::Bytes(len_delimited(&mut p)?),
+                (8, 0) => ValueView::StringIndex(varint(&mut p)? as i32),
+                (1..=8, _) => return Err(WRONG_TYPE),
+                (n, w) => {
+                    skip(&mut p, n, w)?;
+                    continue;
+                }
             };
         }
-        v
+        Ok(v)
     }
 
-    /// The values of an array (empty for other variants).
+    /// The values of an array (empty for other variants; checked when the
+    /// array was read).
     pub fn array_values(self) -> impl Iterator<Item = ValueView<'a>> {
         let buf = match self {
             ValueView::Array(b) => b,
             _ => &[],
         };
-        messages(buf, 1).map(ValueView::new)
+        messages(buf, 1).filter_map(|v| ValueView::read(v, 0).ok())
     }
 }
 
@@ -457,7 +515,13 @@ pub struct SpanView<'a> {
 }
 
 impl<'a> SpanView<'a> {
-    fn new(raw: &'a [u8]) -> SpanView<'a> {
+    /// Reads and checks a span's own fields, its status and its events, in
+    /// one pass; its attributes are checked as [`SpanView::attributes`]
+    /// reads them.
+    ///
+    /// # Errors
+    /// When a field is not well-formed.
+    pub fn read(raw: &'a [u8]) -> Result<SpanView<'a>, WireError> {
         let mut s = SpanView {
             attrs: &[],
             events: &[],
@@ -471,39 +535,56 @@ impl<'a> SpanView<'a> {
         // Where fields 9 and 11 start and end, and whether other fields
         // come between (then the whole message is walked for them).
         let (mut attrs, mut events) = (Region::default(), Region::default());
-        let mut f = Fields::new(raw);
-        loop {
-            let at = raw.len() - f.buf.len();
-            let Some((n, w)) = f.next() else { break };
-            let end = raw.len() - f.buf.len();
-            attrs.note(n == 9, at, end);
-            events.note(n == 11, at, end);
+        let mut p = raw;
+        while !p.is_empty() {
+            let at = raw.len() - p.len();
+            let (n, w) = key(&mut p)?;
             match (n, w) {
-                (1, Wire::Len(b)) => s.trace_id = b,
-                (2, Wire::Len(b)) => s.span_id = b,
-                (5, Wire::Len(b)) => s.name = b,
-                (7, Wire::Fixed64(t)) => s.start_time_unix_nano = t,
-                (8, Wire::Fixed64(t)) => s.end_time_unix_nano = t,
-                (15, Wire::Len(b)) => {
-                    for (n, w) in Fields::new(b) {
-                        if let (3, Wire::Varint(c)) = (n, w) {
-                            s.status_code = c as i32;
+                (1, 2) => s.trace_id = len_delimited(&mut p)?,
+                (2, 2) => s.span_id = len_delimited(&mut p)?,
+                (5, 2) => s.name = len_delimited(&mut p)?,
+                (7, 1) => s.start_time_unix_nano = fixed64(&mut p)?,
+                (8, 1) => s.end_time_unix_nano = fixed64(&mut p)?,
+                (9, 2) => {
+                    len_delimited(&mut p)?;
+                }
+                (11, 2) => check(
+                    len_delimited(&mut p)?,
+                    |n| match n {
+                        1 => Some(1),
+                        2 => Some(2),
+                        _ => None,
+                    },
+                    |_, _| Ok(()),
+                )?,
+                (15, 2) => {
+                    let mut st = len_delimited(&mut p)?;
+                    while !st.is_empty() {
+                        match key(&mut st)? {
+                            (3, 0) => s.status_code = varint(&mut st)? as i32,
+                            (3, _) => return Err(WRONG_TYPE),
+                            (n, w) => skip(&mut st, n, w)?,
                         }
                     }
                 }
-                _ => {}
+                (1 | 2 | 5 | 7 | 8 | 9 | 11 | 15, _) => return Err(WRONG_TYPE),
+                (n, w) => skip(&mut p, n, w)?,
             }
+            let end = raw.len() - p.len();
+            attrs.note(n == 9, at, end);
+            events.note(n == 11, at, end);
         }
         s.attrs = attrs.slice(raw);
         s.events = events.slice(raw);
-        s
+        Ok(s)
     }
 
-    pub fn attributes(self) -> impl Iterator<Item = KeyValueView<'a>> + Clone {
-        messages(self.attrs, 9).map(KeyValueView::new)
+    /// Each attribute, read and checked.
+    pub fn attributes(self) -> impl Iterator<Item = Result<KeyValueView<'a>, WireError>> + Clone {
+        messages(self.attrs, 9).map(KeyValueView::read)
     }
 
-    /// Each event's name and time.
+    /// Each event's name and time (checked by [`SpanView::read`]).
     pub fn events(self) -> impl Iterator<Item = (&'a [u8], u64)> {
         messages(self.events, 11).map(|ev| {
             let (mut name, mut t) = (&[][..], 0u64);
