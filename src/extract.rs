@@ -438,10 +438,10 @@ impl<V> Default for KeyTable<V> {
 /// The first eight bytes of a key (zero-padded), as one word.
 #[inline(always)]
 fn key_prefix(k: &[u8]) -> u64 {
-    let mut w = [0u8; 8];
-    let n = k.len().min(8);
-    w[..n].copy_from_slice(&k[..n]);
-    u64::from_le_bytes(w)
+    match k.first_chunk::<8>() {
+        Some(w) => u64::from_le_bytes(*w),
+        None => k.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b)),
+    }
 }
 
 impl<V> KeyTable<V> {
@@ -462,10 +462,12 @@ impl<V> KeyTable<V> {
         if bucket.is_empty() {
             return None;
         }
+        // Keys in a bucket have the key's length: up to eight bytes, the
+        // words are the keys.
         let p = key_prefix(key);
         bucket
             .iter()
-            .find(|(q, k, _)| *q == p && k[..] == *key)
+            .find(|(q, k, _)| *q == p && (key.len() <= 8 || k[8..] == key[8..]))
             .map(|(_, _, v)| v)
     }
 }

@@ -830,13 +830,18 @@ impl Engine {
                 !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier))
             });
         }
-        for i in counted {
-            let r = &run.join.requests()[i as usize];
-            let t = r.get(Stamp::Released).unwrap_or_default();
-            out.requests.push(done(r, run.join.model(r), t));
-        }
-        out.requests
-            .sort_by(|a, b| a.released.cmp(&b.released).then(a.span.cmp(&b.span)));
+        // In release order (then by span): the indices are sorted, not the
+        // larger records.
+        let reqs = run.join.requests();
+        let released = |r: &Request| r.get(Stamp::Released).unwrap_or_default();
+        counted.sort_by_key(|&i| {
+            let r = &reqs[i as usize];
+            (released(r), r.span)
+        });
+        out.requests.extend(counted.into_iter().map(|i| {
+            let r = &reqs[i as usize];
+            done(r, run.join.model(r), released(r))
+        }));
         (out, report, timeline)
     }
 

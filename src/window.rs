@@ -288,8 +288,9 @@ impl Profile {
         end: Nanos,
         cfg: &WindowConfig,
     ) -> (Profile, SweepState) {
-        // Caps at one instant stay in receive order (`Ev::Cap::order`).
-        events.sort_unstable();
+        // By time only: at one instant the counts commute, and of the caps
+        // the last received (`Ev::Cap::order`) wins below.
+        events.sort_unstable_by_key(|e| e.0);
         let start = init.at;
         let has_cap = init.has_cap || events.iter().any(|e| matches!(e.1, Ev::Cap { .. }));
         let mut cap = init.cap;
@@ -300,6 +301,7 @@ impl Profile {
         let mut t = start;
         while t < end {
             let (mut releases, mut admits) = (0usize, 0usize);
+            let mut last_cap: Option<(u32, u32)> = None;
             while i < events.len() && events[i].0 <= t {
                 match events[i].1 {
                     Ev::QueueIn => q += 1,
@@ -312,9 +314,16 @@ impl Profile {
                         f -= 1;
                         releases += usize::from(slot);
                     }
-                    Ev::Cap { value, .. } => cap = Some(value),
+                    Ev::Cap { order, value } => {
+                        if last_cap.is_none_or(|(o, _)| order >= o) {
+                            last_cap = Some((order, value));
+                        }
+                    }
                 }
                 i += 1;
+            }
+            if let Some((_, value)) = last_cap {
+                cap = Some(value);
             }
             // Releases come before admissions at one instant.
             pending.extend(std::iter::repeat_n(t, releases));

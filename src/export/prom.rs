@@ -5,11 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use super::{GAUGES, HISTOGRAMS};
@@ -25,7 +25,74 @@ pub struct Buckets(&'static [f64]);
 
 impl MetricConstructor<Histogram> for Buckets {
     fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
+        Histogram::new(self.0)
+    }
+}
+
+/// A classic histogram that takes a batch of observations under one lock
+/// (`prometheus-client`'s own locks once per observation, and a run's
+/// requests arrive in batches). Encoded exactly as that one encodes.
+#[derive(Debug)]
+pub struct Histogram(std::sync::Mutex<HistogramState>);
+
+#[derive(Debug)]
+struct HistogramState {
+    sum: f64,
+    count: u64,
+    /// Upper bounds (the last is +Inf) and each bucket's own count.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Histogram {
+        let buckets = bounds
+            .iter()
+            .copied()
+            .filter(|b| b.is_finite())
+            .chain(std::iter::once(f64::INFINITY))
+            .map(|b| (b, 0))
+            .collect();
+        Histogram(std::sync::Mutex::new(HistogramState {
+            sum: 0.0,
+            count: 0,
+            buckets,
+        }))
+    }
+
+    /// Observes every value (NaN falls in the +Inf bucket).
+    pub fn observe_all(&self, values: impl Iterator<Item = f64>) {
+        let Ok(mut st) = self.0.lock() else { return };
+        let HistogramState {
+            sum,
+            count,
+            buckets,
+        } = &mut *st;
+        let last = buckets.len() - 1;
+        for v in values {
+            *sum += v;
+            *count += 1;
+            let i = if v.is_nan() {
+                last
+            } else {
+                buckets.partition_point(|(ub, _)| *ub < v).min(last)
+            };
+            buckets[i].1 += 1;
+        }
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let st = self.0.lock().map_err(|_| std::fmt::Error)?;
+        encoder.encode_histogram::<NoLabelSet>(st.sum, st.count, &st.buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
     }
 }
 
@@ -201,12 +268,8 @@ impl PromMetrics {
                 }
             }
             for (def, fam) in HISTOGRAMS.iter().zip(&self.histograms) {
-                let h = fam.get_or_create(&l);
-                for r in group {
-                    if let Some(v) = (def.value)(r) {
-                        h.observe(v);
-                    }
-                }
+                fam.get_or_create(&l)
+                    .observe_all(group.iter().filter_map(|r| (def.value)(r)));
             }
         }
     }
@@ -355,5 +418,45 @@ impl Collector for SelfTelemetry {
             None,
             g.metric_type(),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One histogram in a registry, as OpenMetrics text.
+    fn text(metric: impl prometheus_client::registry::Metric) -> String {
+        let mut r = Registry::default();
+        r.register("llm_t", "help", metric);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &r).expect("encodes");
+        out
+    }
+
+    /// The batch histogram encodes exactly as `prometheus-client`'s own one
+    /// fed the same values one by one: bucket edges (a value on a bound
+    /// falls in that bucket), +Inf, NaN, sum and count.
+    #[test]
+    fn batch_histogram_matches_the_library_one() {
+        let bounds = [0.1, 1.0, 10.0];
+        let values = [0.05, 0.1, 0.2, 1.0, 5.0, 10.0, 11.0, f64::INFINITY, 0.0];
+        let ours = Histogram::new(&bounds);
+        ours.observe_all(values[..4].iter().copied());
+        ours.observe_all(values[4..].iter().copied());
+        let theirs = prometheus_client::metrics::histogram::Histogram::new(bounds);
+        for v in values {
+            theirs.observe(v);
+        }
+        let want = text(theirs);
+        assert!(want.contains("llm_t_bucket{le=\"1.0\"} 5"), "{want}");
+        assert_eq!(text(ours), want);
+
+        let nan = Histogram::new(&bounds);
+        nan.observe_all([f64::NAN, 0.5].into_iter());
+        let lib = prometheus_client::metrics::histogram::Histogram::new(bounds);
+        lib.observe(f64::NAN);
+        lib.observe(0.5);
+        assert_eq!(text(nan), text(lib));
     }
 }

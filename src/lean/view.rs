@@ -373,7 +373,7 @@ impl<'a> KeyValueView<'a> {
     ///
     /// # Errors
     /// When it is not well-formed (its value included).
-    #[inline]
+    #[inline(always)]
     pub fn read(buf: &'a [u8]) -> Result<KeyValueView<'a>, WireError> {
         let mut kv = KeyValueView {
             key: &[],
@@ -413,7 +413,7 @@ impl<'a> ValueView<'a> {
     ///
     /// # Errors
     /// When it is not well-formed or nested too deep.
-    #[inline]
+    #[inline(always)]
     pub fn read(buf: &'a [u8], depth: u32) -> Result<ValueView<'a>, WireError> {
         if depth > 100 {
             return Err(WireError("values nested too deep"));
@@ -428,11 +428,7 @@ impl<'a> ValueView<'a> {
                 (4, 1) => ValueView::Double(f64::from_bits(fixed64(&mut p)?)),
                 (5, 2) => {
                     let b = len_delimited(&mut p)?;
-                    check(
-                        b,
-                        |n| (n == 1).then_some(2),
-                        |_, v| ValueView::read(v, depth + 1).map(drop),
-                    )?;
+                    check_array(b, depth)?;
                     ValueView::Array(b)
                 }
                 (6, 2) => {
@@ -460,6 +456,16 @@ impl<'a> ValueView<'a> {
         };
         messages(buf, 1).filter_map(|v| ValueView::read(v, 0).ok())
     }
+}
+
+/// Checks the values of an array nested `depth` arrays deep.
+#[inline(never)]
+fn check_array(b: &[u8], depth: u32) -> Result<(), WireError> {
+    check(
+        b,
+        |n| (n == 1).then_some(2),
+        |_, v| ValueView::read(v, depth + 1).map(drop),
+    )
 }
 
 /// Where the occurrences of one repeated field lie in a message.
