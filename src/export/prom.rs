@@ -1,100 +1,21 @@
 //! `/metrics`: the SPEC §3 metrics in Prometheus (OpenMetrics text) format,
 //! via the `prometheus-client` crate, plus tpsgap's own telemetry.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::{Family, MetricConstructor};
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{GAUGES, HISTOGRAMS};
-use crate::live::{DoneRequest, Engine, RunOutput};
+use crate::join::FastHash;
+use crate::live::{Engine, RunOutput};
 use crate::model::Cause;
-
-type Labels = Vec<(&'static str, String)>;
-type FloatCounter = Counter<f64, AtomicU64>;
-
-/// Builds histograms with one metric's bucket boundaries.
-#[derive(Clone)]
-pub struct Buckets(&'static [f64]);
-
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0)
-    }
-}
-
-/// A classic histogram that takes a batch of observations under one lock
-/// (`prometheus-client`'s own locks once per observation, and a run's
-/// requests arrive in batches). Encoded exactly as that one encodes.
-#[derive(Debug)]
-pub struct Histogram(std::sync::Mutex<HistogramState>);
-
-#[derive(Debug)]
-struct HistogramState {
-    sum: f64,
-    count: u64,
-    /// Upper bounds (the last is +Inf) and each bucket's own count.
-    buckets: Vec<(f64, u64)>,
-}
-
-impl Histogram {
-    fn new(bounds: &[f64]) -> Histogram {
-        let buckets = bounds
-            .iter()
-            .copied()
-            .filter(|b| b.is_finite())
-            .chain(std::iter::once(f64::INFINITY))
-            .map(|b| (b, 0))
-            .collect();
-        Histogram(std::sync::Mutex::new(HistogramState {
-            sum: 0.0,
-            count: 0,
-            buckets,
-        }))
-    }
-
-    /// Observes every value (NaN falls in the +Inf bucket).
-    pub fn observe_all(&self, values: impl Iterator<Item = f64>) {
-        let Ok(mut st) = self.0.lock() else { return };
-        let HistogramState {
-            sum,
-            count,
-            buckets,
-        } = &mut *st;
-        let last = buckets.len() - 1;
-        for v in values {
-            *sum += v;
-            *count += 1;
-            let i = if v.is_nan() {
-                last
-            } else {
-                buckets.partition_point(|(ub, _)| *ub < v).min(last)
-            };
-            buckets[i].1 += 1;
-        }
-    }
-}
-
-impl TypedMetric for Histogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for Histogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let st = self.0.lock().map_err(|_| std::fmt::Error)?;
-        encoder.encode_histogram::<NoLabelSet>(st.sum, st.count, &st.buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
 
 /// Counters of the OTLP exporter, shared with the self-telemetry.
 #[derive(Debug, Default)]
@@ -107,132 +28,119 @@ pub struct ExportCounters {
     pub sent: AtomicU64,
 }
 
-/// The Prometheus view of tpsgap's output.
+/// One classic histogram: sum, count and each bucket's own count (the
+/// bounds are its [`HISTOGRAMS`] entry's, then +Inf).
+#[derive(Clone, Debug)]
+struct Hist {
+    sum: f64,
+    count: u64,
+    counts: Vec<u64>,
+}
+
+impl Hist {
+    fn new(bounds: &[f64]) -> Hist {
+        Hist {
+            sum: 0.0,
+            count: 0,
+            counts: vec![0; bounds.len() + 1],
+        }
+    }
+
+    /// Observes a value (NaN falls in the +Inf bucket, as
+    /// `prometheus-client`'s histogram has it).
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        self.sum += v;
+        self.count += 1;
+        let i = if v.is_nan() {
+            bounds.len()
+        } else {
+            bounds.partition_point(|ub| *ub < v)
+        };
+        self.counts[i] += 1;
+    }
+
+    fn encode(&self, bounds: &[f64], mut enc: MetricEncoder) -> std::fmt::Result {
+        let buckets: Vec<(f64, u64)> = bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts.iter().copied())
+            .collect();
+        enc.encode_histogram::<NoLabels>(self.sum, self.count, &buckets, None)
+    }
+}
+
+type NoLabels = prometheus_client::encoding::NoLabelSet;
+
+/// Every series of one run, as plain numbers; `None` (or absent) is a
+/// series not created yet, as a metric family would have it.
+#[derive(Debug, Default)]
+struct RunSeries {
+    /// The last final window's value of each of [`GAUGES`].
+    gauges: Vec<Option<f64>>,
+    /// Per model (`None`: requests without one), one per [`HISTOGRAMS`].
+    histograms: Vec<(Option<String>, Vec<Hist>)>,
+    /// Released requests: success, failure.
+    requests: [Option<u64>; 2],
+    /// Tokens: output, input; and retries.
+    tokens: Option<[u64; 2]>,
+    retries: Option<u64>,
+    /// Gap seconds by cause ([`Cause::ALL`] order).
+    gap: Option<[f64; 3]>,
+    backlog: Option<f64>,
+    active: Option<f64>,
+}
+
+const OUTCOMES: [&str; 2] = ["success", "failure"];
+const TOKEN_TYPES: [&str; 2] = ["output", "input"];
+
+/// The Prometheus view of tpsgap's output: each run's series held as plain
+/// numbers under its id and written out at scrape time, so a run costs one
+/// map entry to update and to forget, not a label set per series.
 pub struct PromMetrics {
     registry: Registry,
-    /// Models seen per run: the label sets to remove when a run is forgotten.
-    models: std::sync::Mutex<std::collections::HashMap<String, std::collections::BTreeSet<String>>>,
-    gauges: Vec<Family<Labels, Gauge<f64, AtomicU64>>>,
-    histograms: Vec<Family<Labels, Histogram, Buckets>>,
-    requests: Family<Labels, Counter>,
-    tokens: Family<Labels, Counter>,
-    retries: Family<Labels, Counter>,
-    gap: Family<Labels, FloatCounter>,
-    backlog: Family<Labels, FloatCounter>,
-    active: Family<Labels, FloatCounter>,
+    runs: Arc<Mutex<HashMap<String, RunSeries, FastHash>>>,
 }
 
 impl PromMetrics {
     pub fn new(engine: Arc<Engine>, export: Arc<ExportCounters>) -> PromMetrics {
         let mut registry = Registry::default();
-        let gauges: Vec<_> = GAUGES
-            .iter()
-            .map(|d| {
-                let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-                registry.register(d.prom, d.help, f.clone());
-                f
-            })
-            .collect();
-        let histograms: Vec<_> = HISTOGRAMS
-            .iter()
-            .map(|d| {
-                let f = Family::new_with_constructor(Buckets(d.buckets));
-                registry.register(d.prom, d.help, f.clone());
-                f
-            })
-            .collect();
-        let requests = Family::<Labels, Counter>::default();
-        registry.register(
-            "llm_requests",
-            "Released requests by outcome",
-            requests.clone(),
-        );
-        let tokens = Family::<Labels, Counter>::default();
-        registry.register(
-            "llm_tokens",
-            "Tokens of released requests by gen_ai_token_type",
-            tokens.clone(),
-        );
-        let retries = Family::<Labels, Counter>::default();
-        registry.register(
-            "llm_retries",
-            "Retries of released requests",
-            retries.clone(),
-        );
-        let gap = Family::<Labels, FloatCounter>::default();
-        registry.register(
-            "llm_gap_seconds",
-            "Seconds of the gap set (waiting below the cap) by cause, per final step slice",
-            gap.clone(),
-        );
-        let backlog = Family::<Labels, FloatCounter>::default();
-        registry.register(
-            "llm_backlog_seconds",
-            "Seconds when requests waited, per final step slice",
-            backlog.clone(),
-        );
-        let active = Family::<Labels, FloatCounter>::default();
-        registry.register(
-            "llm_active_seconds",
-            "Seconds of the runs' active ranges, per final step slice",
-            active.clone(),
-        );
+        let runs = Arc::new(Mutex::new(HashMap::default()));
+        registry.register_collector(Box::new(RunCollector(Arc::clone(&runs))));
         registry.register_collector(Box::new(SelfTelemetry { engine, export }));
-        PromMetrics {
-            registry,
-            models: std::sync::Mutex::default(),
-            gauges,
-            histograms,
-            requests,
-            tokens,
-            retries,
-            gap,
-            backlog,
-            active,
-        }
+        PromMetrics { registry, runs }
     }
 
     /// Applies what became final for one run.
     pub fn update(&self, out: &RunOutput) {
-        let run = || vec![("run_id", out.run_id.clone())];
-        // Each label set is built once (a lookup clones it only to insert).
-        let run_only = run();
+        if out.windows.is_empty() && out.slices.is_empty() && out.requests.is_empty() {
+            return;
+        }
+        let Ok(mut runs) = self.runs.lock() else {
+            return;
+        };
+        let s = runs.entry(out.run_id.clone()).or_default();
         if let Some(w) = out.windows.last() {
-            for (def, fam) in GAUGES.iter().zip(&self.gauges) {
+            s.gauges.resize(GAUGES.len(), None);
+            for (def, g) in GAUGES.iter().zip(&mut s.gauges) {
                 if let Some(v) = (def.value)(w) {
-                    fam.get_or_create(&run_only).set(v);
+                    *g = Some(v);
                 }
             }
         }
-        if !out.slices.is_empty() {
-            let by_cause: Vec<Vec<(&'static str, String)>> = Cause::ALL
-                .iter()
-                .map(|c| {
-                    let mut l = run();
-                    l.push(("cause", c.as_str().to_string()));
-                    l
-                })
-                .collect();
-            for s in &out.slices {
-                if let Some(g) = s.gap_by_cause {
-                    for (c, l) in Cause::ALL.iter().zip(&by_cause) {
-                        self.gap.get_or_create(l).inc_by(g[*c as usize]);
-                    }
+        for sl in &out.slices {
+            if let Some(g) = sl.gap_by_cause {
+                let sum = s.gap.get_or_insert([0.0; 3]);
+                for c in Cause::ALL {
+                    sum[c as usize] += g[c as usize];
                 }
-                self.backlog
-                    .get_or_create(&run_only)
-                    .inc_by(s.backlog_seconds);
-                self.active
-                    .get_or_create(&run_only)
-                    .inc_by(s.active_seconds);
             }
+            *s.backlog.get_or_insert(0.0) += sl.backlog_seconds;
+            *s.active.get_or_insert(0.0) += sl.active_seconds;
         }
         if out.requests.is_empty() {
             return;
         }
-        // Counters take each batch's sums; histograms are looked up once per
-        // model (label lookups hash and allocate: once per request would cost
-        // more than the rest of the update).
         let (mut failed, mut output, mut input, mut retries) = (0u64, 0u64, 0u64, 0u64);
         for r in &out.requests {
             failed += u64::from(r.failed);
@@ -241,35 +149,38 @@ impl PromMetrics {
             retries = retries.saturating_add(r.retries);
         }
         let succeeded = out.requests.len() as u64 - failed;
-        for (outcome, n) in [("success", succeeded), ("failure", failed)] {
+        for (slot, n) in s.requests.iter_mut().zip([succeeded, failed]) {
             if n > 0 {
-                let mut l = run();
-                l.push(("outcome", outcome.to_string()));
-                self.requests.get_or_create(&l).inc_by(n);
+                *slot = Some(slot.unwrap_or(0).saturating_add(n));
             }
         }
-        for (kind, n) in [("output", output), ("input", input)] {
-            let mut l = run();
-            l.push(("gen_ai_token_type", kind.to_string()));
-            self.tokens.get_or_create(&l).inc_by(n);
-        }
-        self.retries.get_or_create(&run_only).inc_by(retries);
-        let mut by_model: Vec<&DoneRequest> = out.requests.iter().collect();
-        by_model.sort_by(|a, b| a.model.cmp(&b.model));
-        for group in by_model.chunk_by(|a, b| a.model == b.model) {
-            let mut l = run();
-            if let Some(m) = &group[0].model {
-                l.push(("gen_ai_request_model", m.clone()));
-                if let Ok(mut models) = self.models.lock() {
-                    models
-                        .entry(out.run_id.clone())
-                        .or_default()
-                        .insert(m.clone());
+        let t = s.tokens.get_or_insert([0, 0]);
+        t[0] = t[0].saturating_add(output);
+        t[1] = t[1].saturating_add(input);
+        let r = s.retries.get_or_insert(0);
+        *r = r.saturating_add(retries);
+        // Per model: a run has a handful, found by a short scan (the last
+        // one found is tried first).
+        let mut last = usize::MAX;
+        for r in &out.requests {
+            let model = r.model.as_deref();
+            if s.histograms
+                .get(last)
+                .is_none_or(|(m, _)| m.as_deref() != model)
+            {
+                last = match s.histograms.iter().position(|(m, _)| m.as_deref() == model) {
+                    Some(i) => i,
+                    None => {
+                        let hs = HISTOGRAMS.iter().map(|d| Hist::new(d.buckets)).collect();
+                        s.histograms.push((model.map(str::to_string), hs));
+                        s.histograms.len() - 1
+                    }
+                };
+            }
+            for (def, h) in HISTOGRAMS.iter().zip(&mut s.histograms[last].1) {
+                if let Some(v) = (def.value)(r) {
+                    h.observe(def.buckets, v);
                 }
-            }
-            for (def, fam) in HISTOGRAMS.iter().zip(&self.histograms) {
-                fam.get_or_create(&l)
-                    .observe_all(group.iter().filter_map(|r| (def.value)(r)));
             }
         }
     }
@@ -277,39 +188,9 @@ impl PromMetrics {
     /// Removes every series of a run that left the API, so `/metrics` stays
     /// bounded by the runs tpsgap keeps.
     pub fn forget(&self, run_id: &str) {
-        let run = || vec![("run_id", run_id.to_string())];
-        let with = |k: &'static str, v: &str| {
-            let mut l = run();
-            l.push((k, v.to_string()));
-            l
-        };
-        for fam in &self.gauges {
-            fam.remove(&run());
+        if let Ok(mut runs) = self.runs.lock() {
+            runs.remove(run_id);
         }
-        let models = self
-            .models
-            .lock()
-            .ok()
-            .and_then(|mut m| m.remove(run_id))
-            .unwrap_or_default();
-        for fam in &self.histograms {
-            fam.remove(&run());
-            for m in &models {
-                fam.remove(&with("gen_ai_request_model", m));
-            }
-        }
-        for o in ["success", "failure"] {
-            self.requests.remove(&with("outcome", o));
-        }
-        for t in ["output", "input"] {
-            self.tokens.remove(&with("gen_ai_token_type", t));
-        }
-        self.retries.remove(&run());
-        for c in Cause::ALL {
-            self.gap.remove(&with("cause", c.as_str()));
-        }
-        self.backlog.remove(&run());
-        self.active.remove(&run());
     }
 
     /// The OpenMetrics text of every metric.
@@ -319,6 +200,173 @@ impl PromMetrics {
             s.clear();
         }
         s
+    }
+}
+
+/// One of a run's seconds counters.
+type SecondsOf = fn(&RunSeries) -> Option<f64>;
+
+/// Writes every run's series, family by family in SPEC §3's order.
+struct RunCollector(Arc<Mutex<HashMap<String, RunSeries, FastHash>>>);
+
+impl std::fmt::Debug for RunCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunCollector")
+    }
+}
+
+/// Writes one family: its descriptor, then `each` run's series.
+fn family<'a>(
+    enc: &mut DescriptorEncoder,
+    runs: &'a HashMap<String, RunSeries, FastHash>,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    mut each: impl FnMut(&'a str, &'a RunSeries, &mut MetricEncoder) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let help = format!("{help}.");
+    let mut m = enc.encode_descriptor(name, &help, None, ty)?;
+    for (run, s) in runs {
+        each(run, s, &mut m)?;
+    }
+    Ok(())
+}
+
+fn labels<'a>(run: &'a str, k: &'a str, v: &'a str) -> [(&'a str, &'a str); 2] {
+    [("run_id", run), (k, v)]
+}
+
+impl Collector for RunCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let runs = self.0.lock().map_err(|_| std::fmt::Error)?;
+        let runs = &*runs;
+        for (i, def) in GAUGES.iter().enumerate() {
+            family(
+                &mut enc,
+                runs,
+                def.prom,
+                def.help,
+                MetricType::Gauge,
+                |run, s, m| match s.gauges.get(i).copied().flatten() {
+                    Some(v) => ConstGauge::new(v).encode(m.encode_family(&[("run_id", run)])?),
+                    None => Ok(()),
+                },
+            )?;
+        }
+        for (i, def) in HISTOGRAMS.iter().enumerate() {
+            family(
+                &mut enc,
+                runs,
+                def.prom,
+                def.help,
+                MetricType::Histogram,
+                |run, s, m| {
+                    for (model, hs) in &s.histograms {
+                        match model {
+                            Some(model) => {
+                                let l = labels(run, "gen_ai_request_model", model);
+                                hs[i].encode(def.buckets, m.encode_family(&l)?)?;
+                            }
+                            None => {
+                                hs[i].encode(def.buckets, m.encode_family(&[("run_id", run)])?)?
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
+        }
+        let help = "Released requests by outcome";
+        family(
+            &mut enc,
+            runs,
+            "llm_requests",
+            help,
+            MetricType::Counter,
+            |run, s, m| {
+                for (outcome, n) in OUTCOMES.iter().zip(s.requests) {
+                    if let Some(n) = n {
+                        ConstCounter::new(n)
+                            .encode(m.encode_family(&labels(run, "outcome", outcome))?)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let help = "Tokens of released requests by gen_ai_token_type";
+        family(
+            &mut enc,
+            runs,
+            "llm_tokens",
+            help,
+            MetricType::Counter,
+            |run, s, m| {
+                let Some(tokens) = s.tokens else {
+                    return Ok(());
+                };
+                for (kind, n) in TOKEN_TYPES.iter().zip(tokens) {
+                    let l = labels(run, "gen_ai_token_type", kind);
+                    ConstCounter::new(n).encode(m.encode_family(&l)?)?;
+                }
+                Ok(())
+            },
+        )?;
+        let help = "Retries of released requests";
+        family(
+            &mut enc,
+            runs,
+            "llm_retries",
+            help,
+            MetricType::Counter,
+            |run, s, m| match s.retries {
+                Some(n) => ConstCounter::new(n).encode(m.encode_family(&[("run_id", run)])?),
+                None => Ok(()),
+            },
+        )?;
+        let help = "Seconds of the gap set (waiting below the cap) by cause, per final step slice";
+        family(
+            &mut enc,
+            runs,
+            "llm_gap_seconds",
+            help,
+            MetricType::Counter,
+            |run, s, m| {
+                let Some(gap) = s.gap else {
+                    return Ok(());
+                };
+                for c in Cause::ALL {
+                    let l = labels(run, "cause", c.as_str());
+                    ConstCounter::new(gap[c as usize]).encode(m.encode_family(&l)?)?;
+                }
+                Ok(())
+            },
+        )?;
+        let seconds: [(&str, &str, SecondsOf); 2] = [
+            (
+                "llm_backlog_seconds",
+                "Seconds when requests waited, per final step slice",
+                |s| s.backlog,
+            ),
+            (
+                "llm_active_seconds",
+                "Seconds of the runs' active ranges, per final step slice",
+                |s| s.active,
+            ),
+        ];
+        for (name, help, get) in seconds {
+            family(
+                &mut enc,
+                runs,
+                name,
+                help,
+                MetricType::Counter,
+                |run, s, m| match get(s) {
+                    Some(v) => ConstCounter::new(v).encode(m.encode_family(&[("run_id", run)])?),
+                    None => Ok(()),
+                },
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -424,39 +472,107 @@ impl Collector for SelfTelemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::live::{DoneRequest, LiveConfig};
 
-    /// One histogram in a registry, as OpenMetrics text.
-    fn text(metric: impl prometheus_client::registry::Metric) -> String {
-        let mut r = Registry::default();
-        r.register("llm_t", "help", metric);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &r).expect("encodes");
-        out
+    fn done(model: Option<&str>, t_queue: Option<f64>, failed: bool) -> DoneRequest {
+        DoneRequest {
+            model: model.map(str::to_string),
+            failed,
+            released: 0,
+            output_tokens: 10,
+            input_tokens: 3,
+            retries: 1,
+            span: Default::default(),
+            t_queue,
+            t_first_token: None,
+            t_stream: None,
+            t_in_flight: None,
+            stream_tps: None,
+            end_to_end_tps: None,
+            time_per_output_token: None,
+        }
     }
 
-    /// The batch histogram encodes exactly as `prometheus-client`'s own one
-    /// fed the same values one by one: bucket edges (a value on a bound
-    /// falls in that bucket), +Inf, NaN, sum and count.
-    #[test]
-    fn batch_histogram_matches_the_library_one() {
-        let bounds = [0.1, 1.0, 10.0];
-        let values = [0.05, 0.1, 0.2, 1.0, 5.0, 10.0, 11.0, f64::INFINITY, 0.0];
-        let ours = Histogram::new(&bounds);
-        ours.observe_all(values[..4].iter().copied());
-        ours.observe_all(values[4..].iter().copied());
-        let theirs = prometheus_client::metrics::histogram::Histogram::new(bounds);
-        for v in values {
-            theirs.observe(v);
+    fn output(run: &str, requests: Vec<DoneRequest>) -> RunOutput {
+        RunOutput {
+            run_id: run.to_string(),
+            start_unix_ns: 0,
+            windows: vec![],
+            slices: vec![],
+            requests,
+            gaps: vec![],
+            finalized: false,
         }
-        let want = text(theirs);
-        assert!(want.contains("llm_t_bucket{le=\"1.0\"} 5"), "{want}");
-        assert_eq!(text(ours), want);
+    }
 
-        let nan = Histogram::new(&bounds);
-        nan.observe_all([f64::NAN, 0.5].into_iter());
-        let lib = prometheus_client::metrics::histogram::Histogram::new(bounds);
-        lib.observe(f64::NAN);
-        lib.observe(0.5);
-        assert_eq!(text(nan), text(lib));
+    /// The lines of one series family in OpenMetrics text.
+    fn series<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        let mut v: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A run's histograms, fed over two batches and two models, encode as
+    /// `prometheus-client`'s own histogram family fed the same values one by
+    /// one (bucket edges: a value on a bound falls in that bucket; +Inf;
+    /// NaN); counters add up over batches; a forgotten run leaves no series.
+    #[test]
+    fn run_series_match_the_library_families() {
+        let prom = PromMetrics::new(Arc::new(Engine::new(LiveConfig::default())), Arc::default());
+        let a = [
+            Some(0.01),
+            Some(0.02),
+            Some(0.3),
+            None,
+            Some(81.92),
+            Some(100.0),
+        ];
+        let b = [Some(f64::NAN), Some(0.0)];
+        let first: Vec<_> = a.iter().map(|&q| done(Some("m-a"), q, false)).collect();
+        let mut second: Vec<_> = b.iter().map(|&q| done(None, q, false)).collect();
+        second.push(done(Some("m-a"), Some(5.0), true));
+        prom.update(&output("r1", first));
+        prom.update(&output("r1", second));
+        let ours = prom.encode();
+
+        type Fam = prometheus_client::metrics::family::Family<
+            Vec<(&'static str, String)>,
+            prometheus_client::metrics::histogram::Histogram,
+        >;
+        let lib = Fam::new_with_constructor(|| {
+            prometheus_client::metrics::histogram::Histogram::new(
+                super::super::DURATION_BUCKETS.iter().copied(),
+            )
+        });
+        let run = || vec![("run_id", "r1".to_string())];
+        let mut with_model = run();
+        with_model.push(("gen_ai_request_model", "m-a".to_string()));
+        for q in a.iter().flatten().chain([5.0].iter()) {
+            lib.get_or_create(&with_model).observe(*q);
+        }
+        for q in b.iter().flatten() {
+            lib.get_or_create(&run()).observe(*q);
+        }
+        let mut r = Registry::default();
+        r.register(
+            "llm_request_queue_time_seconds",
+            "Time from queued to admitted (successful requests)",
+            lib,
+        );
+        let mut want = String::new();
+        prometheus_client::encoding::text::encode(&mut want, &r).expect("encodes");
+        let prefix = "llm_request_queue_time_seconds";
+        assert_eq!(series(&ours, prefix), series(&want, prefix));
+        assert!(ours.contains(
+            "llm_request_queue_time_seconds_bucket{le=\"0.02\",run_id=\"r1\",gen_ai_request_model=\"m-a\"} 2"
+        ), "{ours}");
+
+        assert!(ours.contains("llm_requests_total{run_id=\"r1\",outcome=\"success\"} 8\n"));
+        assert!(ours.contains("llm_requests_total{run_id=\"r1\",outcome=\"failure\"} 1\n"));
+        assert!(ours.contains("llm_tokens_total{run_id=\"r1\",gen_ai_token_type=\"output\"} 90\n"));
+        assert!(ours.contains("llm_retries_total{run_id=\"r1\"} 9\n"));
+
+        prom.forget("r1");
+        assert!(!prom.encode().contains("r1"));
     }
 }
