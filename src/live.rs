@@ -19,8 +19,8 @@ use crate::join::{FastHash, RunState};
 use crate::model::{duration_secs, Cause, Nanos, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
-    in_flight_interval, queued_interval, window_reports, windows_overlapping, Counts, Derived, Ev,
-    GapInterval, Profile, SweepState, TimelinePoint, WindowConfig,
+    in_flight_interval, queued_interval, window_reports, windows_containing, windows_overlapping,
+    Counts, Derived, Ev, GapInterval, Profile, SweepState, TimelinePoint, WindowConfig,
 };
 
 /// The moment of a call: a monotonic instant for timeouts and the Unix time
@@ -744,12 +744,13 @@ impl Engine {
         }
         if from <= to {
             let reports = window_reports(p, &open_reqs, from, to, &w);
-            for (k, rep) in (from..=to).zip(reports) {
+            let longest = longest_in_flight(&open_reqs, from, to, &w, run_end);
+            for ((k, rep), longest) in (from..=to).zip(reports).zip(longest) {
                 let (ws, we) = (k * w.step, k * w.step + w.window);
                 out.windows.push(FinalWindow {
                     start: ws,
                     end: we,
-                    exemplars: window_exemplars(&open_reqs, &gaps, ws, we, run_end),
+                    exemplars: window_exemplars(&open_reqs, &gaps, ws, we, run_end, longest),
                     report: rep,
                 });
             }
@@ -1013,32 +1014,64 @@ pub fn waiting_in(reqs: &[&Request], start: Nanos, end: Nanos, run_end: Nanos) -
     waiting.into_iter().map(|r| r.span).collect()
 }
 
-/// Exemplars of a window: the requests waiting in its longest gap, else the
-/// request with the longest in-flight time released in it.
+/// Exemplars of a window: the requests waiting in its longest gap, else
+/// `longest`, the request with the longest in-flight time released in it.
 fn window_exemplars(
     reqs: &[&Request],
     gaps: &[GapInterval],
     ws: Nanos,
     we: Nanos,
     run_end: Nanos,
+    longest: Option<SpanRef>,
 ) -> Vec<SpanRef> {
-    let longest = gaps
+    let gap = gaps
         .iter()
         .map(|g| (g.end.min(we) - g.start.max(ws), g))
         .filter(|(len, _)| *len > 0)
         .max_by_key(|(len, g)| (*len, std::cmp::Reverse(g.start)));
-    if let Some((_, g)) = longest {
+    if let Some((_, g)) = gap {
         let w = waiting_in(reqs, g.start.max(ws), g.end.min(we), run_end);
         if !w.is_empty() {
             return w;
         }
     }
-    reqs.iter()
-        .filter(|r| r.get(Stamp::Released).is_some_and(|t| t >= ws && t < we))
-        .filter_map(|r| in_flight_interval(r, run_end).map(|(a, b)| (b - a, r.span)))
-        .max_by_key(|(len, span)| (*len, std::cmp::Reverse(*span)))
-        .map(|(_, s)| vec![s])
-        .unwrap_or_default()
+    longest.into_iter().collect()
+}
+
+/// For each window `first..=last`, the request released in it with the
+/// longest in-flight time (ties: the smallest span): one pass over `reqs`.
+fn longest_in_flight(
+    reqs: &[&Request],
+    first: i64,
+    last: i64,
+    cfg: &WindowConfig,
+    run_end: Nanos,
+) -> Vec<Option<SpanRef>> {
+    let mut best: Vec<Option<(Nanos, std::cmp::Reverse<SpanRef>)>> =
+        vec![None; usize::try_from(last - first + 1).unwrap_or(0)];
+    for r in reqs {
+        let Some(t) = r.get(Stamp::Released) else {
+            continue;
+        };
+        let (a, b) = windows_containing(t, cfg);
+        let (a, b) = (a.max(first), b.min(last));
+        if a > b {
+            continue;
+        }
+        let Some((lo, hi)) = in_flight_interval(r, run_end) else {
+            continue;
+        };
+        let key = (hi - lo, std::cmp::Reverse(r.span));
+        for k in a..=b {
+            let slot = &mut best[(k - first) as usize];
+            if slot.is_none_or(|b| key > b) {
+                *slot = Some(key);
+            }
+        }
+    }
+    best.into_iter()
+        .map(|b| b.map(|(_, std::cmp::Reverse(s))| s))
+        .collect()
 }
 
 #[cfg(test)]

@@ -577,11 +577,14 @@ impl Profile {
                 j += 1;
             }
             let d = (b - a) as f64;
+            // Sums almost always fit i64, whose conversion is one instruction
+            // (i128's is a library call).
+            let f = |x: i128| i64::try_from(x).map_or(x as f64, |x| x as f64);
             out.push(TimelinePoint {
                 start: a,
                 end: b,
-                in_flight: fl as f64 / d,
-                queue_depth: q as f64 / d,
+                in_flight: f(fl) / d,
+                queue_depth: f(q) / d,
                 cap,
             });
         }

@@ -43,14 +43,20 @@ struct Fields<'a> {
 
 #[inline(always)]
 fn varint(buf: &mut &[u8]) -> Result<u64, WireError> {
-    // Most varints (keys, short lengths) are one byte.
-    if let Some((&b, rest)) = buf.split_first() {
-        if b < 0x80 {
+    // Most varints (keys, short lengths) are one byte; a span's length is
+    // usually two.
+    let s: &[u8] = buf;
+    match s {
+        [b, rest @ ..] if *b < 0x80 => {
             *buf = rest;
-            return Ok(u64::from(b));
+            Ok(u64::from(*b))
         }
+        [b0, b1, rest @ ..] if *b1 < 0x80 => {
+            *buf = rest;
+            Ok(u64::from(b0 & 0x7f) | u64::from(*b1) << 7)
+        }
+        _ => varint_slow(buf),
     }
-    varint_slow(buf)
 }
 
 #[inline(never)]
