@@ -137,12 +137,31 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-/// The length-delimited occurrences of field `n`.
+/// The length-delimited occurrences of field `n` (stopping where the
+/// message is malformed, which a check has ruled out first).
 fn messages(buf: &[u8], n: u32) -> impl Iterator<Item = &[u8]> + Clone {
-    Fields::new(buf).filter_map(move |(f, w)| match (f, w) {
-        (f, Wire::Len(b)) if f == n => Some(b),
-        _ => None,
-    })
+    Occurrences { buf, field: n }
+}
+
+#[derive(Clone)]
+struct Occurrences<'a> {
+    buf: &'a [u8],
+    field: u32,
+}
+
+impl<'a> Iterator for Occurrences<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while !self.buf.is_empty() {
+            match key(&mut self.buf).ok()? {
+                (n, 2) if n == self.field => return len_delimited(&mut self.buf).ok(),
+                (n, w) => skip(&mut self.buf, n, w).ok()?,
+            }
+        }
+        None
+    }
 }
 
 /// Checks every field of a message: known fields have their wire type
