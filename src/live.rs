@@ -831,17 +831,22 @@ impl Engine {
                 !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier))
             });
         }
-        // In release order (then by span): the indices are sorted, not the
-        // larger records.
+        // In release order, then by span, then as joined (`open` and so
+        // `counted` are in join order): small keys are sorted, not the
+        // records.
         let reqs = run.join.requests();
         let released = |r: &Request| r.get(Stamp::Released).unwrap_or_default();
-        counted.sort_by_key(|&i| {
+        let mut order: Vec<(Nanos, SpanRef, u32)> = counted
+            .iter()
+            .map(|&i| {
+                let r = &reqs[i as usize];
+                (released(r), r.span, i)
+            })
+            .collect();
+        order.sort_unstable();
+        out.requests.extend(order.into_iter().map(|(t, _, i)| {
             let r = &reqs[i as usize];
-            (released(r), r.span)
-        });
-        out.requests.extend(counted.into_iter().map(|i| {
-            let r = &reqs[i as usize];
-            done(r, run.join.model(r), released(r))
+            done(r, run.join.model(r), t)
         }));
         (out, report, timeline)
     }
