@@ -572,14 +572,26 @@ impl Engine {
     /// [`Engine::tick`], handing each run's output to `each` as soon as it
     /// is made (so many runs ending at once are never all held in memory).
     pub fn tick_each(&self, now: Now, finalize_all: bool, mut each: impl FnMut(RunOutput)) {
-        let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
-        for id in ids {
-            let finalize = finalize_all
-                || self.runs.get(&id).is_some_and(|r| {
-                    now.mono.saturating_duration_since(r.last_span) >= self.cfg.idle_timeout
-                });
-            if finalize {
-                let Some((_, mut run)) = self.runs.remove(&id) else {
+        let idle = |r: &LiveRun| {
+            finalize_all || now.mono.saturating_duration_since(r.last_span) >= self.cfg.idle_timeout
+        };
+        // Only the runs with something to do are named (not every live run
+        // on every tick); each is checked again under its lock below.
+        let due: Vec<String> = self
+            .runs
+            .iter()
+            .filter(|e| {
+                let r = e.value();
+                idle(r)
+                    || r.join.max_stamp.is_some_and(|max| {
+                        self.has_new_final(r, max.saturating_sub(self.cfg.lateness))
+                    })
+            })
+            .map(|e| e.key().clone())
+            .collect();
+        for id in due {
+            if self.runs.get(&id).is_some_and(|r| idle(&r)) {
+                let Some((_, mut run)) = self.runs.remove_if(&id, |_, r| idle(r)) else {
                     continue;
                 };
                 let (out, mut report, timeline) = self.advance(&id, &mut run, None);

@@ -552,13 +552,27 @@ impl Profile {
         let segs = &self.segments;
         let mut k = 0usize;
         let mut out = Vec::with_capacity(columns);
+        let mut b = at(0);
         for i in 0..n {
-            let (a, b) = (at(i), at(i + 1));
+            let a = b;
+            b = at(i + 1);
             if b <= a {
                 continue;
             }
             while k < segs.len() && segs[k].end <= a {
                 k += 1;
+            }
+            // A column inside one segment (most columns of a sparse run)
+            // takes its levels as they are.
+            if let Some(s) = segs.get(k).filter(|s| s.start <= a && s.end >= b) {
+                out.push(TimelinePoint {
+                    start: a,
+                    end: b,
+                    in_flight: f64::from(s.in_flight),
+                    queue_depth: f64::from(s.queue_depth),
+                    cap: s.cap,
+                });
+                continue;
             }
             let (mut fl, mut q) = (0i128, 0i128);
             let mid = a + (b - a) / 2;
@@ -579,7 +593,10 @@ impl Profile {
             let d = (b - a) as f64;
             // Sums almost always fit i64, whose conversion is one instruction
             // (i128's is a library call).
-            let f = |x: i128| i64::try_from(x).map_or(x as f64, |x| x as f64);
+            let f = |x: i128| match i64::try_from(x) {
+                Ok(x) => x as f64,
+                Err(_) => x as f64,
+            };
             out.push(TimelinePoint {
                 start: a,
                 end: b,

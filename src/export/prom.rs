@@ -28,24 +28,27 @@ pub struct ExportCounters {
     pub sent: AtomicU64,
 }
 
+/// The most buckets of any of [`HISTOGRAMS`], +Inf included.
+const MAX_BUCKETS: usize = 20;
+const _: () = {
+    let mut i = 0;
+    while i < HISTOGRAMS.len() {
+        assert!(HISTOGRAMS[i].buckets.len() < MAX_BUCKETS);
+        i += 1;
+    }
+};
+
 /// One classic histogram: sum, count and each bucket's own count (the
-/// bounds are its [`HISTOGRAMS`] entry's, then +Inf).
-#[derive(Clone, Debug)]
+/// bounds are its [`HISTOGRAMS`] entry's, then +Inf), held inline so a run's
+/// histograms take no allocation each.
+#[derive(Clone, Debug, Default)]
 struct Hist {
     sum: f64,
     count: u64,
-    counts: Vec<u64>,
+    counts: [u64; MAX_BUCKETS],
 }
 
 impl Hist {
-    fn new(bounds: &[f64]) -> Hist {
-        Hist {
-            sum: 0.0,
-            count: 0,
-            counts: vec![0; bounds.len() + 1],
-        }
-    }
-
     /// Observes a value (NaN falls in the +Inf bucket, as
     /// `prometheus-client`'s histogram has it).
     fn observe(&mut self, bounds: &[f64], v: f64) {
@@ -65,6 +68,7 @@ impl Hist {
             .copied()
             .chain(std::iter::once(f64::INFINITY))
             .zip(self.counts.iter().copied())
+            .take(bounds.len() + 1)
             .collect();
         enc.encode_histogram::<NoLabels>(self.sum, self.count, &buckets, None)
     }
@@ -171,7 +175,7 @@ impl PromMetrics {
                 last = match s.histograms.iter().position(|(m, _)| m.as_deref() == model) {
                     Some(i) => i,
                     None => {
-                        let hs = HISTOGRAMS.iter().map(|d| Hist::new(d.buckets)).collect();
+                        let hs = vec![Hist::default(); HISTOGRAMS.len()];
                         s.histograms.push((model.map(str::to_string), hs));
                         s.histograms.len() - 1
                     }
