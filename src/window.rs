@@ -774,6 +774,20 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// Room for `n` requests in each list (so they never grow by copying).
+    pub fn with_capacity(n: usize) -> Samples {
+        let v = || Vec::with_capacity(n);
+        Samples {
+            t_queue: v(),
+            t_first_token: v(),
+            t_stream: v(),
+            t_in_flight: v(),
+            stream_tps: v(),
+            end_to_end_tps: v(),
+            time_per_output_token: v(),
+        }
+    }
+
     pub fn add(&mut self, r: &Request, d: &Derived) {
         let push = |v: &mut Vec<f64>, x: Option<Nanos>| {
             if let Some(ns) = x {
@@ -843,7 +857,7 @@ pub fn compute_run(
             .or(cfg.default_cap),
         ..RunReport::default()
     };
-    let mut samples = Samples::default();
+    let mut samples = Samples::with_capacity(requests.len());
     let mut totals = Counts::default();
     for r in requests {
         rep.requests.total += 1;
