@@ -38,7 +38,7 @@ use crate::export::web::{report_page, TIMELINE_COLUMNS};
 use crate::extract::{parse_timestamp, Extracted, Extractor, Preset};
 use crate::input::{read_traces, FileSpans, InputFormat};
 use crate::join::Store;
-use crate::lean::view::ResourceSpansView;
+use crate::lean::view::{RequestView, ResourceSpansView};
 use crate::model::{Nanos, Stamp, NANOS_PER_SEC};
 use crate::report::{Report, Stats};
 use crate::testutil::{export, kv_int, request_span};
@@ -292,6 +292,16 @@ fn outcome(
 /// proto`: raw or length-prefixed messages).
 pub fn protobuf(data: &[u8]) -> Outcome {
     let decoded = lean::decode(bytes::Bytes::copy_from_slice(data)).ok();
+    // The receivers read each span once, checking it as they go; they must
+    // refuse exactly what the whole check (`analyze`'s) refuses.
+    let whole = RequestView::parse(data).is_ok();
+    let one_pass = RequestView::parse_framing(data)
+        .and_then(|v| Extractor::default().request_view(v, drop))
+        .is_ok();
+    assert_eq!(
+        one_pass, whole,
+        "reading span by span and the whole check disagree"
+    );
     outcome(decoded, data, "fuzz.pb", InputFormat::Proto)
 }
 
