@@ -590,10 +590,7 @@ impl Engine {
             .map(|e| e.key().clone())
             .collect();
         for id in due {
-            if self.runs.get(&id).is_some_and(|r| idle(&r)) {
-                let Some((_, mut run)) = self.runs.remove_if(&id, |_, r| idle(r)) else {
-                    continue;
-                };
+            if let Some((_, mut run)) = self.runs.remove_if(&id, |_, r| idle(r)) {
                 let (out, mut report, timeline) = self.advance(&id, &mut run, None);
                 report.windows = std::mem::take(&mut run.windows);
                 report.late_spans = run.late_spans;
@@ -822,18 +819,19 @@ impl Engine {
                 .map(|g| p.gap_until(g, frontier));
             p.drop_before(frontier);
         }
-        let mut counted = Vec::new();
+        // Released before the counted slices end, each once; in release
+        // order, then by span, then as joined (`open` is in join order):
+        // small keys are sorted, not the records.
+        let mut counted: Vec<(Nanos, SpanRef, u32)> = Vec::new();
         for &i in open.iter() {
-            let r = &reqs[i as usize];
+            let r = &mut reqs[i as usize];
             let Some(t) = r.get(Stamp::Released) else {
                 continue;
             };
             if !r.counted() && (wm.is_none() || t < counted_until) {
-                counted.push(i);
+                r.set_counted();
+                counted.push((t, r.span, i));
             }
-        }
-        for &i in &counted {
-            reqs[i as usize].set_counted();
         }
         if wm.is_some() {
             // Counted and wholly before the frontier: nothing of it is left to
@@ -843,20 +841,9 @@ impl Engine {
                 !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier))
             });
         }
-        // In release order, then by span, then as joined (`open` and so
-        // `counted` are in join order): small keys are sorted, not the
-        // records.
+        counted.sort_unstable();
         let reqs = run.join.requests();
-        let released = |r: &Request| r.get(Stamp::Released).unwrap_or_default();
-        let mut order: Vec<(Nanos, SpanRef, u32)> = counted
-            .iter()
-            .map(|&i| {
-                let r = &reqs[i as usize];
-                (released(r), r.span, i)
-            })
-            .collect();
-        order.sort_unstable();
-        out.requests.extend(order.into_iter().map(|(t, _, i)| {
+        out.requests.extend(counted.into_iter().map(|(t, _, i)| {
             let r = &reqs[i as usize];
             done(r, run.join.model(r), t)
         }));

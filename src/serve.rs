@@ -207,10 +207,7 @@ pub async fn run(
             engine.restore(snap);
         }
         for bytes in &rec.records {
-            match crate::lean::view::RequestView::parse_framing(bytes) {
-                Ok(req) => pipeline.replay(req),
-                Err(e) => tracing::warn!(error = %e, "undecodable write-ahead log record skipped"),
-            }
+            pipeline.replay(bytes);
         }
         tracing::info!(
             dir = %dir.display(),

@@ -81,7 +81,7 @@ type NoLabels = prometheus_client::encoding::NoLabelSet;
 #[derive(Debug, Default)]
 struct RunSeries {
     /// The last final window's value of each of [`GAUGES`].
-    gauges: Vec<Option<f64>>,
+    gauges: [Option<f64>; GAUGES.len()],
     /// Per model (`None`: requests without one), one per [`HISTOGRAMS`].
     histograms: Vec<(Option<String>, Vec<Hist>)>,
     /// Released requests: success, failure.
@@ -125,7 +125,6 @@ impl PromMetrics {
         };
         let s = runs.entry(out.run_id.clone()).or_default();
         if let Some(w) = out.windows.last() {
-            s.gauges.resize(GAUGES.len(), None);
             for (def, g) in GAUGES.iter().zip(&mut s.gauges) {
                 if let Some(v) = (def.value)(w) {
                     *g = Some(v);
@@ -251,7 +250,7 @@ impl Collector for RunCollector {
                 def.prom,
                 def.help,
                 MetricType::Gauge,
-                |run, s, m| match s.gauges.get(i).copied().flatten() {
+                |run, s, m| match s.gauges[i] {
                     Some(v) => ConstGauge::new(v).encode(m.encode_family(&[("run_id", run)])?),
                     None => Ok(()),
                 },

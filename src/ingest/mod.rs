@@ -93,10 +93,12 @@ impl Pipeline {
     }
 
     /// Applies a request read back from the write-ahead log (no limits, no
-    /// logging).
-    pub fn replay(&self, req: RequestView<'_>) {
+    /// logging); a record that does not read is skipped with a warning.
+    pub fn replay(&self, record: &[u8]) {
         let mut items = Vec::new();
-        if let Err(e) = self.extractor.request_view(req, |e| items.push(e)) {
+        let read = RequestView::parse_framing(record)
+            .and_then(|req| self.extractor.request_view(req, |e| items.push(e)));
+        if let Err(e) = read {
             tracing::warn!(error = %e, "undecodable write-ahead log record skipped");
             return;
         }

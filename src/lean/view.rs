@@ -1,12 +1,15 @@
 //! The fastest way in: a read-only view of a binary
 //! `ExportTraceServiceRequest` that walks the protobuf wire format in place.
 //!
-//! [`RequestView::parse`] checks the whole message once (every length,
-//! every wire type of the fields tpsgap reads), then the views hand out
-//! spans, attributes and events as slices of the buffer: no allocation, no
-//! reference count, nothing built for the fields tpsgap skips. It reads the
-//! same fields as `proto/lean_trace.proto` (a property test shows both give
-//! the same observations).
+//! [`RequestView::parse`] checks the whole message (every length, every
+//! wire type of the fields tpsgap reads); [`RequestView::parse_framing`]
+//! checks it down to each span, and [`SpanView::read`] and
+//! [`SpanView::attributes`] check each span as they read it, so the
+//! receivers walk each byte once. The views hand out spans, attributes and
+//! events as slices of the buffer: no allocation, no reference count,
+//! nothing built for the fields tpsgap skips. It reads the same fields as
+//! `proto/lean_trace.proto` (a property test shows both give the same
+//! observations and refuse the same damage).
 
 use std::fmt;
 
@@ -22,15 +25,13 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// A field's payload by wire type.
+/// A field's payload by wire type: the two tpsgap reads, and the wire type
+/// of one it skipped.
 #[derive(Clone, Copy, Debug)]
 enum Wire<'a> {
-    Varint,
     Fixed64(u64),
     Len(&'a [u8]),
-    Fixed32,
-    /// A group (a deprecated encoding, skipped whole as prost does).
-    Group,
+    Skipped(u8),
 }
 
 /// The fields of a message, in order. On malformed input it stops with an
@@ -96,36 +97,16 @@ impl<'a> Fields<'a> {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let key = varint(&mut self.buf)?;
-        let field = u32::try_from(key >> 3)
-            .ok()
-            .filter(|f| (1..1 << 29).contains(f))
-            .ok_or(WireError("invalid field number"))?;
-        let wire = match key & 7 {
-            0 => {
-                varint(&mut self.buf)?;
-                Wire::Varint
+        let (field, wire) = key(&mut self.buf)?;
+        let w = match wire {
+            1 => Wire::Fixed64(fixed64(&mut self.buf)?),
+            2 => Wire::Len(len_delimited(&mut self.buf)?),
+            _ => {
+                skip(&mut self.buf, field, wire)?;
+                Wire::Skipped(wire)
             }
-            1 => Wire::Fixed64(u64::from_le_bytes(
-                take(&mut self.buf, 8)?.try_into().unwrap_or_default(),
-            )),
-            2 => {
-                let n = usize::try_from(varint(&mut self.buf)?)
-                    .map_err(|_| WireError("length too large"))?;
-                Wire::Len(take(&mut self.buf, n)?)
-            }
-            5 => {
-                take(&mut self.buf, 4)?;
-                Wire::Fixed32
-            }
-            3 => {
-                skip_group(&mut self.buf, field, 0)?;
-                Wire::Group
-            }
-            4 => return Err(END_GROUP),
-            _ => return Err(WireError("invalid wire type")),
         };
-        Ok(Some((field, wire)))
+        Ok(Some((field, w)))
     }
 }
 
@@ -175,11 +156,9 @@ fn check<'a>(
     let mut f = Fields::new(buf);
     while let Some((n, w)) = f.next_field()? {
         let ty = match w {
-            Wire::Varint => 0,
             Wire::Fixed64(_) => 1,
             Wire::Len(_) => 2,
-            Wire::Fixed32 => 5,
-            Wire::Group => 3,
+            Wire::Skipped(t) => t,
         };
         match expect(n) {
             Some(t) if t != ty => return Err(WRONG_TYPE),
