@@ -13,7 +13,9 @@ use dashmap::DashMap;
 use crate::extract::Extracted;
 use crate::model::{CapObservation, Nanos, Observation, Request, RequestKey, Stamp, NONE};
 use crate::report::{Report, RunReport};
-use crate::window::{compute_run, CapPoint, Profile, TimelinePoint, WindowConfig};
+use crate::window::{
+    compute_run, report_at_end, CapPoint, Drawing, Profile, TimelinePoint, WindowConfig,
+};
 
 /// A fast hasher for maps whose keys are already hashes or short ids.
 pub type FastHash = foldhash::fast::FixedState;
@@ -207,6 +209,25 @@ impl RunState {
     /// The run's report over everything joined so far.
     pub fn report(&self, run_id: &str, cfg: &WindowConfig) -> RunReport {
         self.compute(run_id, cfg).0
+    }
+
+    /// The report without windows, and the timeline, of a run that ends
+    /// ([`crate::window::report_at_end`]).
+    pub fn report_at_end(
+        &self,
+        run_id: &str,
+        cfg: &WindowConfig,
+        swept: Option<&Profile>,
+        columns: usize,
+    ) -> (RunReport, Drawing) {
+        report_at_end(
+            run_id,
+            &self.sorted_requests(),
+            &self.cap_points(),
+            cfg,
+            swept,
+            columns,
+        )
     }
 
     /// The report and the profile it was computed from.

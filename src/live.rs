@@ -20,7 +20,7 @@ use crate::model::{duration_secs, Cause, Nanos, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
     in_flight_interval, queued_interval, window_reports, windows_containing, windows_overlapping,
-    Counts, Derived, Ev, GapInterval, Profile, SweepState, TimelinePoint, WindowConfig,
+    Counts, Derived, Drawing, Ev, GapInterval, Profile, SweepState, TimelinePoint, WindowConfig,
 };
 
 /// The moment of a call: a monotonic instant for timeouts and the Unix time
@@ -245,7 +245,7 @@ fn open_events(
 #[derive(Clone, Serialize, Deserialize)]
 struct FinalRun {
     report: RunReport,
-    timeline: Vec<TimelinePoint>,
+    timeline: Drawing,
     #[serde(skip, default = "Instant::now")]
     at: Instant,
 }
@@ -591,7 +591,7 @@ impl Engine {
             .collect();
         for id in due {
             if let Some((_, mut run)) = self.runs.remove_if(&id, |_, r| idle(r)) {
-                let (out, mut report, timeline) = self.advance(&id, &mut run, None);
+                let (out, mut report, timeline) = self.end_run(&id, &mut run);
                 report.windows = std::mem::take(&mut run.windows);
                 report.late_spans = run.late_spans;
                 self.counters.runs_finalized.fetch_add(1, Ordering::Relaxed);
@@ -603,7 +603,7 @@ impl Engine {
                 };
                 let wm = max.saturating_sub(self.cfg.lateness);
                 if self.has_new_final(&run, wm) {
-                    let (out, ..) = self.advance(&id, &mut run, Some(wm));
+                    let out = self.advance(&id, &mut run, Some(wm));
                     drop(run);
                     if !out.is_empty() {
                         each(out);
@@ -626,20 +626,28 @@ impl Engine {
         window * w.step + w.window <= wm || (slice + 1) * w.step <= wm
     }
 
+    /// Takes out everything left of a run that ends, and its whole report
+    /// (without windows: the run has them) and timeline.
+    fn end_run(&self, id: &str, run: &mut LiveRun) -> (RunOutput, RunReport, Drawing) {
+        // A run never finalized before is swept once here, over its whole
+        // range, so its report needs no second sweep.
+        let fresh = run.sweep.is_none();
+        let out = self.advance(id, run, None);
+        let swept = if fresh { run.profile.as_ref() } else { None };
+        let (report, drawing) =
+            run.join
+                .report_at_end(id, &self.cfg.window, swept, TIMELINE_COLUMNS);
+        (out, report, drawing)
+    }
+
     /// Takes out what is final up to watermark `wm` (everything when `wm`
-    /// is `None`, when the run ends; then it also returns the run's whole
-    /// report and timeline).
+    /// is `None`, when the run ends).
     ///
     /// Incremental: it sweeps only the open requests, from the frontier
     /// where the last call left the sweep line, and retires the requests
     /// that end before the new frontier; so its cost follows the requests of
     /// the last window and the lateness, not the length of the run.
-    fn advance(
-        &self,
-        id: &str,
-        run: &mut LiveRun,
-        wm: Option<Nanos>,
-    ) -> (RunOutput, RunReport, Vec<TimelinePoint>) {
+    fn advance(&self, id: &str, run: &mut LiveRun, wm: Option<Nanos>) -> RunOutput {
         let w = self.cfg.window;
         let mut out = RunOutput {
             run_id: id.to_string(),
@@ -650,15 +658,8 @@ impl Engine {
             gaps: Vec::new(),
             finalized: wm.is_none(),
         };
-        let (report, timeline) = if wm.is_none() {
-            let (report, profile) = run.join.compute(id, &w);
-            let tl = profile.map(|p| p.timeline(TIMELINE_COLUMNS));
-            (report, tl.unwrap_or_default())
-        } else {
-            (RunReport::default(), Vec::new())
-        };
         let (Some(run_start), Some(run_end)) = (run.join.min_stamp, run.join.max_stamp) else {
-            return (out, report, timeline);
+            return out;
         };
         let (first, last) = windows_overlapping(run_start, run_end, &w);
         let (wlast, slast, cut) = match wm {
@@ -732,7 +733,7 @@ impl Engine {
             run.sweep = Some(init);
         }
         let Some(p) = run.profile.as_mut() else {
-            return (out, report, timeline);
+            return out;
         };
         // The requests still open, in no particular order.
         let open_reqs: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
@@ -751,15 +752,22 @@ impl Engine {
                 _ => gaps.insert(0, g),
             }
         }
+        // Exemplars come from the requests waiting in a gap.
+        let queued = if gaps.is_empty() {
+            Queued(Vec::new())
+        } else {
+            Queued::of(&open_reqs, run_end)
+        };
         if from <= to {
             let reports = window_reports(p, &open_reqs, from, to, &w);
             let longest = longest_in_flight(&open_reqs, from, to, &w, run_end);
+            out.windows.reserve_exact(reports.len());
             for ((k, rep), longest) in (from..=to).zip(reports).zip(longest) {
                 let (ws, we) = (k * w.step, k * w.step + w.window);
                 out.windows.push(FinalWindow {
                     start: ws,
                     end: we,
-                    exemplars: window_exemplars(&open_reqs, &gaps, ws, we, run_end, longest),
+                    exemplars: window_exemplars(&queued, &gaps, ws, we, longest),
                     report: rep,
                 });
             }
@@ -771,6 +779,8 @@ impl Engine {
                 .fetch_add(out.windows.len() as u64, Ordering::Relaxed);
             run.next_window = Some(to + 1);
         }
+        out.slices
+            .reserve_exact(usize::try_from(slast - sfirst + 1).unwrap_or(0));
         for k in sfirst..=slast {
             let s = p.stats(k * w.step, (k + 1) * w.step, &Counts::default());
             out.slices.push(Slice {
@@ -800,13 +810,13 @@ impl Engine {
                 end: g.end,
                 max_queue_depth: g.max_queue_depth,
                 cause: g.cause(),
-                waiting: waiting_in(&open_reqs, g.start, g.end, run_end),
+                waiting: queued.within(g.start, g.end),
             });
         }
         if let Some(g) = out.gaps.last() {
             run.gaps_done_until = g.end;
         }
-        drop(open_reqs);
+        drop((open_reqs, queued));
         if wm.is_some() {
             // The gap in progress at the new frontier, measured up to it;
             // the timeline before the frontier is no longer needed.
@@ -822,7 +832,7 @@ impl Engine {
         // Released before the counted slices end, each once; in release
         // order, then by span, then as joined (`open` is in join order):
         // small keys are sorted, not the records.
-        let mut counted: Vec<(Nanos, SpanRef, u32)> = Vec::new();
+        let mut counted: Vec<(Nanos, SpanRef, u32)> = Vec::with_capacity(open.len().min(4096));
         for &i in open.iter() {
             let r = &mut reqs[i as usize];
             let Some(t) = r.get(Stamp::Released) else {
@@ -847,10 +857,10 @@ impl Engine {
             let r = &reqs[i as usize];
             done(r, run.join.model(r), t)
         }));
-        (out, report, timeline)
+        out
     }
 
-    fn remember(&self, id: String, report: RunReport, timeline: Vec<TimelinePoint>, at: Instant) {
+    fn remember(&self, id: String, report: RunReport, timeline: Drawing, at: Instant) {
         let Ok(mut finals) = self.finals.lock() else {
             return;
         };
@@ -923,7 +933,11 @@ impl Engine {
             return Some((rep, RunPhase::Live, tl));
         }
         self.final_run(id, |f| {
-            (f.report.clone(), RunPhase::Final, f.timeline.clone())
+            (
+                f.report.clone(),
+                RunPhase::Final,
+                f.timeline.columns(TIMELINE_COLUMNS),
+            )
         })
     }
 
@@ -1001,31 +1015,42 @@ fn done(r: &Request, model: Option<&str>, released: Nanos) -> DoneRequest {
     }
 }
 
-/// Requests whose queued interval overlaps `[start, end)`, at most
-/// [`MAX_EXEMPLARS`], earliest first (by timestamps, then span).
-pub fn waiting_in(reqs: &[&Request], start: Nanos, end: Nanos, run_end: Nanos) -> Vec<SpanRef> {
-    let mut waiting: Vec<&Request> = reqs
-        .iter()
-        .copied()
-        .filter(|r| queued_interval(r, run_end).is_some_and(|(a, b)| a < end && b > start))
-        .collect();
-    let key = |r: &&Request| (r.stamps, r.span, r.key);
-    if waiting.len() > MAX_EXEMPLARS {
-        waiting.select_nth_unstable_by_key(MAX_EXEMPLARS, key);
-        waiting.truncate(MAX_EXEMPLARS);
+/// The open requests with a queued interval, earliest first (by
+/// timestamps, then span): the exemplars of gaps are taken from it. Sorted
+/// once for all the gaps and windows of one finalization.
+struct Queued<'a>(Vec<(Nanos, Nanos, &'a Request)>);
+
+impl<'a> Queued<'a> {
+    fn of(reqs: &[&'a Request], run_end: Nanos) -> Queued<'a> {
+        let mut q: Vec<(Nanos, Nanos, &Request)> = reqs
+            .iter()
+            .filter_map(|&r| queued_interval(r, run_end).map(|(a, b)| (a, b, r)))
+            .collect();
+        q.sort_unstable_by_key(|&(.., r)| (r.stamps, r.span, r.key));
+        Queued(q)
     }
-    waiting.sort_unstable_by_key(key);
-    waiting.into_iter().map(|r| r.span).collect()
+
+    /// The requests whose queued interval overlaps `[start, end)`, at most
+    /// [`MAX_EXEMPLARS`], earliest first. The list is in order of the
+    /// interval's start (the first timestamp), so the walk stops at `end`.
+    fn within(&self, start: Nanos, end: Nanos) -> Vec<SpanRef> {
+        self.0
+            .iter()
+            .take_while(|&&(a, ..)| a < end)
+            .filter(|&&(_, b, _)| b > start)
+            .take(MAX_EXEMPLARS)
+            .map(|&(.., r)| r.span)
+            .collect()
+    }
 }
 
 /// Exemplars of a window: the requests waiting in its longest gap, else
 /// `longest`, the request with the longest in-flight time released in it.
 fn window_exemplars(
-    reqs: &[&Request],
+    queued: &Queued,
     gaps: &[GapInterval],
     ws: Nanos,
     we: Nanos,
-    run_end: Nanos,
     longest: Option<SpanRef>,
 ) -> Vec<SpanRef> {
     let gap = gaps
@@ -1034,7 +1059,7 @@ fn window_exemplars(
         .filter(|(len, _)| *len > 0)
         .max_by_key(|(len, g)| (*len, std::cmp::Reverse(g.start)));
     if let Some((_, g)) = gap {
-        let w = waiting_in(reqs, g.start.max(ws), g.end.min(we), run_end);
+        let w = queued.within(g.start.max(ws), g.end.min(we));
         if !w.is_empty() {
             return w;
         }

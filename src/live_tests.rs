@@ -7,7 +7,6 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::model::{request_key, Observation, Stamps, NANOS_PER_SEC};
-use crate::window::run_report;
 
 const T0: i64 = 1_800_000_000 * NANOS_PER_SEC;
 const SEC: i64 = NANOS_PER_SEC;
@@ -223,6 +222,47 @@ fn finished_runs_are_bounded_by_count_and_age() {
     assert!(e.take_forgotten().is_empty());
 }
 
+#[test]
+fn a_finished_runs_timeline_is_drawn_from_its_pieces_and_survives_a_checkpoint() {
+    let e = Engine::new(cfg(10, 5, 0));
+    let c = Clock(Instant::now());
+    // A: queued at 0, in flight [1, 3). B: queued [0.5, 3), in flight [3, 4).
+    e.ingest(
+        vec![
+            obs("r", "a", Some(0.0), Some(1.0), Some(3.0)),
+            obs("r", "b", Some(0.5), Some(3.0), Some(4.0)),
+        ],
+        c.at(0),
+    )
+    .unwrap();
+    e.tick(c.at(10_000), false);
+    let (_, phase, tl) = e.run_page("r").expect("kept after its end");
+    assert_eq!(phase, RunPhase::Final);
+    // 480 columns of 1/120 s over [0, 4).
+    assert_eq!(tl.len(), TIMELINE_COLUMNS);
+    let at = |i: usize| (tl[i].in_flight, tl[i].queue_depth);
+    assert_eq!(at(0), (0.0, 1.0), "A waits");
+    assert_eq!(at(90), (0.0, 2.0), "both wait in [0.75, 0.76)");
+    assert_eq!(at(200), (1.0, 1.0), "A in flight, B waits");
+    assert_eq!(at(400), (1.0, 0.0), "B in flight");
+    // Column 60 is [0.5, 0.508): B queues at its start.
+    assert_eq!(at(60), (0.0, 2.0));
+    assert_eq!(tl[0].start, T0);
+    assert_eq!(tl[479].end, T0 + 4 * SEC);
+
+    // Kept as pieces, it goes through a checkpoint as they are.
+    let json = serde_json::to_string(&e.snapshot()).expect("snapshot");
+    let back = Engine::new(cfg(10, 5, 0));
+    back.restore(serde_json::from_str(&json).expect("restore"));
+    assert_eq!(back.run_page("r").expect("restored").2, tl);
+    // A checkpoint that holds drawn columns (as older ones do) reads back as
+    // those columns.
+    let columns = serde_json::to_value(&tl).expect("columns");
+    let drawing: Drawing = serde_json::from_value(columns.clone()).expect("columns read");
+    assert_eq!(drawing, Drawing::Columns(tl.clone()));
+    assert_eq!(serde_json::to_value(&drawing).expect("write"), columns);
+}
+
 /// Requests of at most 5 s, each sent as one span at its release, in
 /// release order: with lateness 5 s no span is late, and the windows the
 /// live engine exports one by one equal the offline report's.
@@ -242,7 +282,7 @@ fn random_run() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
-    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8) {
+    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>()) {
         prop_assume!(!reqs.is_empty());
         let lc = cfg(step + extra, step, 5);
         let e = Engine::new(lc.clone());
@@ -254,7 +294,9 @@ proptest! {
             let (q, a, r) = reqs[i];
             let got = e.ingest(vec![obs("p", &i.to_string(), Some(q), Some(a), Some(r))], c.at(n as u64)).unwrap();
             prop_assert_eq!(got.late, 0);
-            outs.extend(e.tick(c.at(n as u64), false));
+            if tick_between {
+                outs.extend(e.tick(c.at(n as u64), false));
+            }
         }
         outs.extend(e.tick(c.at(10_000), false));
         let live: Vec<WindowReport> = outs.iter().flat_map(|o| o.windows.iter().map(|w| w.report.clone())).collect();
@@ -266,7 +308,15 @@ proptest! {
         }
         let refs: Vec<&Request> = offline_reqs.iter().collect();
         let caps: Vec<crate::window::CapPoint> = refs.iter().filter_map(|r| r.get(Stamp::Admitted).map(|t| crate::window::CapPoint { t, value: 1 })).collect();
-        let offline = run_report("p", &refs, &caps, &lc.window);
+        let (offline, profile) = crate::window::compute_run("p", &refs, &caps, &lc.window);
+        // The final report equals the offline one but for the windows (each
+        // exported as it became final; compared below) and late spans,
+        // whether the run was swept before its end or only at it; and so
+        // does its timeline.
+        let (fin, phase, timeline) = e.run_page("p").expect("kept after its end");
+        prop_assert_eq!(phase, RunPhase::Final);
+        prop_assert_eq!(RunReport { windows: Vec::new(), late_spans: 0, ..fin }, RunReport { windows: Vec::new(), ..offline.clone() });
+        prop_assert_eq!(timeline, profile.expect("timestamps").timeline(TIMELINE_COLUMNS));
         prop_assert_eq!(live.len(), offline.windows.len());
         for (l, o) in live.iter().zip(&offline.windows) {
             prop_assert_eq!(l.start_unix_s, o.start_unix_s);

@@ -107,6 +107,11 @@ impl Sinks {
     /// OTLP pusher, one run at a time, then drops the series of the runs
     /// that left the API.
     fn tick(&self, engine: &Engine, finalize_all: bool) {
+        let forget = || {
+            for id in engine.take_forgotten() {
+                self.prom.forget(&id);
+            }
+        };
         engine.tick_each(now(), finalize_all, |out| {
             self.prom.update(&out);
             if let Some(p) = &self.pusher {
@@ -114,10 +119,11 @@ impl Sinks {
                     tracing::warn!("OTLP export queue full; output dropped");
                 }
             }
+            // As runs end, those leaving the API leave `/metrics` too (when
+            // thousands end at once, their series are never all held).
+            forget();
         });
-        for id in engine.take_forgotten() {
-            self.prom.forget(&id);
-        }
+        forget();
     }
 }
 

@@ -530,82 +530,134 @@ pub struct TimelinePoint {
 }
 
 impl Profile {
-    /// The active range cut into `columns` equal pieces (for drawing): mean
-    /// in-flight and queue depth of each, and the cap at its middle. One walk
-    /// over the pieces: columns and pieces both go forward in time.
+    /// The active range cut into `columns` equal pieces (for drawing): see
+    /// [`timeline`].
     pub fn timeline(&self, columns: usize) -> Vec<TimelinePoint> {
-        let span = self.end - self.start;
-        if span <= 0 || columns == 0 {
-            return Vec::new();
+        timeline(self.start, self.end, &self.segments, columns)
+    }
+}
+
+/// `[start, end)` cut into `columns` equal pieces (for drawing): mean
+/// in-flight and queue depth of each over `segs`, and the cap at its middle.
+/// One walk: columns and segments both go forward in time.
+pub fn timeline(start: Nanos, end: Nanos, segs: &[Segment], columns: usize) -> Vec<TimelinePoint> {
+    let span = end - start;
+    if span <= 0 || columns == 0 {
+        return Vec::new();
+    }
+    let n = columns as i64;
+    // i128 only when a span of centuries times the column index would
+    // overflow i64 (the same result either way).
+    let small = span <= i64::MAX / (n + 1);
+    let at = |i: i64| {
+        if small {
+            start + span * i / n
+        } else {
+            start + (i128::from(span) * i128::from(i) / i128::from(n)) as i64
         }
-        let n = columns as i64;
-        // i128 only when a span of centuries times the column index would
-        // overflow i64 (the same result either way).
-        let small = span <= i64::MAX / (n + 1);
-        let at = |i: i64| {
-            if small {
-                self.start + span * i / n
-            } else {
-                self.start + (i128::from(span) * i128::from(i) / i128::from(n)) as i64
-            }
-        };
-        let segs = &self.segments;
-        let mut k = 0usize;
-        let mut out = Vec::with_capacity(columns);
-        let mut b = at(0);
-        for i in 0..n {
-            let a = b;
-            b = at(i + 1);
-            if b <= a {
-                continue;
-            }
-            while k < segs.len() && segs[k].end <= a {
-                k += 1;
-            }
-            // A column inside one segment (most columns of a sparse run)
-            // takes its levels as they are.
-            if let Some(s) = segs.get(k).filter(|s| s.start <= a && s.end >= b) {
-                out.push(TimelinePoint {
-                    start: a,
-                    end: b,
-                    in_flight: f64::from(s.in_flight),
-                    queue_depth: f64::from(s.queue_depth),
-                    cap: s.cap,
-                });
-                continue;
-            }
-            let (mut fl, mut q) = (0i128, 0i128);
-            let mid = a + (b - a) / 2;
-            let mut cap = None;
-            let mut j = k;
-            while j < segs.len() && segs[j].start < b {
-                let s = &segs[j];
-                let dt = i128::from(s.end.min(b) - s.start.max(a));
-                if dt > 0 {
-                    fl += i128::from(s.in_flight) * dt;
-                    q += i128::from(s.queue_depth) * dt;
-                }
-                if s.start <= mid {
-                    cap = s.cap;
-                }
-                j += 1;
-            }
-            let d = (b - a) as f64;
-            // Sums almost always fit i64, whose conversion is one instruction
-            // (i128's is a library call).
-            let f = |x: i128| match i64::try_from(x) {
-                Ok(x) => x as f64,
-                Err(_) => x as f64,
-            };
+    };
+    let mut k = 0usize;
+    let mut out = Vec::with_capacity(columns);
+    let mut b = at(0);
+    for i in 0..n {
+        let a = b;
+        b = at(i + 1);
+        if b <= a {
+            continue;
+        }
+        while k < segs.len() && segs[k].end <= a {
+            k += 1;
+        }
+        // A column inside one segment (most columns of a sparse run)
+        // takes its levels as they are.
+        if let Some(s) = segs.get(k).filter(|s| s.start <= a && s.end >= b) {
             out.push(TimelinePoint {
                 start: a,
                 end: b,
-                in_flight: f(fl) / d,
-                queue_depth: f(q) / d,
-                cap,
+                in_flight: f64::from(s.in_flight),
+                queue_depth: f64::from(s.queue_depth),
+                cap: s.cap,
             });
+            continue;
         }
-        out
+        let (mut fl, mut q) = (0i128, 0i128);
+        let mid = a + (b - a) / 2;
+        let mut cap = None;
+        let mut j = k;
+        while j < segs.len() && segs[j].start < b {
+            let s = &segs[j];
+            let dt = i128::from(s.end.min(b) - s.start.max(a));
+            if dt > 0 {
+                fl += i128::from(s.in_flight) * dt;
+                q += i128::from(s.queue_depth) * dt;
+            }
+            if s.start <= mid {
+                cap = s.cap;
+            }
+            j += 1;
+        }
+        let d = (b - a) as f64;
+        // Sums almost always fit i64, whose conversion is one instruction
+        // (i128's is a library call).
+        let f = |x: i128| match i64::try_from(x) {
+            Ok(x) => x as f64,
+            Err(_) => x as f64,
+        };
+        out.push(TimelinePoint {
+            start: a,
+            end: b,
+            in_flight: f(fl) / d,
+            queue_depth: f(q) / d,
+            cap,
+        });
+    }
+    out
+}
+
+/// A finished run's timeline as it is kept for drawing: the profile's
+/// pieces while there are no more of them than columns (drawn when the
+/// page is asked for, which most finished runs never are), else the
+/// columns already drawn. Either is at most `columns` entries.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum Drawing {
+    Columns(Vec<TimelinePoint>),
+    Pieces {
+        start: Nanos,
+        end: Nanos,
+        segments: Vec<Segment>,
+    },
+}
+
+impl Default for Drawing {
+    fn default() -> Self {
+        Drawing::Columns(Vec::new())
+    }
+}
+
+impl Drawing {
+    pub fn of(p: &Profile, columns: usize) -> Drawing {
+        if p.segments.len() <= columns {
+            Drawing::Pieces {
+                start: p.start,
+                end: p.end,
+                segments: p.segments.clone(),
+            }
+        } else {
+            Drawing::Columns(p.timeline(columns))
+        }
+    }
+
+    /// The timeline in `columns` columns (as [`Profile::timeline`]).
+    pub fn columns(&self, columns: usize) -> Vec<TimelinePoint> {
+        match self {
+            Drawing::Columns(c) => c.clone(),
+            Drawing::Pieces {
+                start,
+                end,
+                segments,
+            } => timeline(*start, *end, segments, columns),
+        }
     }
 }
 
@@ -847,6 +899,58 @@ pub fn compute_run(
     caps: &[CapPoint],
     cfg: &WindowConfig,
 ) -> (RunReport, Option<Profile>) {
+    let (mut rep, totals) = request_totals(run_id, requests, caps, cfg);
+    let Some((start, end)) = active_range(requests.iter().copied()) else {
+        return (rep, None);
+    };
+    let profile = Profile::build(requests, caps, start, end, cfg);
+    time_totals(&mut rep, &profile, &totals);
+    let (first, last) = windows_overlapping(start, end, cfg);
+    let first = first.max(last.saturating_sub(cfg.max_windows as i64 - 1));
+    if first <= last {
+        rep.windows = window_reports(&profile, requests, first, last, cfg);
+    }
+    (rep, Some(profile))
+}
+
+/// A run's report without its windows (the live path exports those as they
+/// become final), and its timeline for drawing. `swept` is the run's
+/// profile if one was swept already: used when it covers the whole active
+/// range (a run swept once, at its end), else the profile is swept afresh.
+/// Either way the report equals [`run_report`]'s.
+pub fn report_at_end(
+    run_id: &str,
+    requests: &[&Request],
+    caps: &[CapPoint],
+    cfg: &WindowConfig,
+    swept: Option<&Profile>,
+    columns: usize,
+) -> (RunReport, Drawing) {
+    let (mut rep, totals) = request_totals(run_id, requests, caps, cfg);
+    let Some((start, end)) = active_range(requests.iter().copied()) else {
+        return (rep, Drawing::default());
+    };
+    let built;
+    let profile = match swept.filter(|p| p.start == start && p.end == end) {
+        Some(p) => p,
+        None => {
+            built = Profile::build(requests, caps, start, end, cfg);
+            &built
+        }
+    };
+    time_totals(&mut rep, profile, &totals);
+    (rep, Drawing::of(profile, columns))
+}
+
+/// The parts of a run's report that come from its requests one by one: the
+/// counts, token sums and latency percentiles; with the counts of released
+/// requests for [`time_totals`].
+fn request_totals(
+    run_id: &str,
+    requests: &[&Request],
+    caps: &[CapPoint],
+    cfg: &WindowConfig,
+) -> (RunReport, Counts) {
     let mut rep = RunReport {
         run_id: run_id.to_string(),
         cap: caps
@@ -886,21 +990,17 @@ pub fn compute_run(
         }
     }
     rep.latency = samples.summarize();
-    let Some((start, end)) = active_range(requests.iter().copied()) else {
-        return (rep, None);
-    };
+    (rep, totals)
+}
+
+/// The parts of a run's report that come from its swept timeline: the
+/// active range, the time-based totals and the gaps.
+fn time_totals(rep: &mut RunReport, profile: &Profile, totals: &Counts) {
+    let (start, end) = (profile.start, profile.end);
     rep.start_unix_s = Some(nanos_to_secs(start));
     rep.end_unix_s = Some(nanos_to_secs(end));
-    let profile = Profile::build(requests, caps, start, end, cfg);
-    rep.totals = profile.stats(start, end, &totals);
+    rep.totals = profile.stats(start, end, totals);
     rep.gaps = profile.gaps().iter().map(GapInterval::to_report).collect();
-    let (first, last) = windows_overlapping(start, end, cfg);
-    let first = first.max(last.saturating_sub(cfg.max_windows as i64 - 1));
-    if first > last {
-        return (rep, Some(profile));
-    }
-    rep.windows = window_reports(&profile, requests, first, last, cfg);
-    (rep, Some(profile))
 }
 
 #[cfg(test)]
