@@ -753,11 +753,7 @@ impl Engine {
             }
         }
         // Exemplars come from the requests waiting in a gap.
-        let queued = if gaps.is_empty() {
-            Queued(Vec::new())
-        } else {
-            Queued::of(&open_reqs, run_end)
-        };
+        let queued = Queued::of(&open_reqs, &gaps, run_end);
         if from <= to {
             let reports = window_reports(p, &open_reqs, from, to, &w);
             let longest = longest_in_flight(&open_reqs, from, to, &w, run_end);
@@ -1015,18 +1011,32 @@ fn done(r: &Request, model: Option<&str>, released: Nanos) -> DoneRequest {
     }
 }
 
-/// The open requests with a queued interval, earliest first (by
+/// The open requests waiting in some of `gaps`, earliest first (by
 /// timestamps, then span): the exemplars of gaps are taken from it. Sorted
 /// once for all the gaps and windows of one finalization.
 struct Queued<'a>(Vec<(Nanos, Nanos, &'a Request)>);
 
 impl<'a> Queued<'a> {
-    fn of(reqs: &[&'a Request], run_end: Nanos) -> Queued<'a> {
+    /// `gaps` in time order, as [`Profile::gaps`] gives them.
+    fn of(reqs: &[&'a Request], gaps: &[GapInterval], run_end: Nanos) -> Queued<'a> {
+        let in_gap = |(a, b): (Nanos, Nanos)| {
+            let i = gaps.partition_point(|g| g.end <= a);
+            gaps.get(i).is_some_and(|g| g.start < b)
+        };
         let mut q: Vec<(Nanos, Nanos, &Request)> = reqs
             .iter()
-            .filter_map(|&r| queued_interval(r, run_end).map(|(a, b)| (a, b, r)))
+            .filter_map(|&r| {
+                queued_interval(r, run_end)
+                    .filter(|&iv| in_gap(iv))
+                    .map(|(a, b)| (a, b, r))
+            })
             .collect();
-        q.sort_unstable_by_key(|&(.., r)| (r.stamps, r.span, r.key));
+        // The queued time is the first timestamp: comparing it first
+        // settles almost every pair.
+        q.sort_unstable_by(|x, y| {
+            (x.0.cmp(&y.0))
+                .then_with(|| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)))
+        });
         Queued(q)
     }
 

@@ -342,3 +342,56 @@ proptest! {
         prop_assert_eq!(gaps, want);
     }
 }
+
+proptest! {
+    /// The exemplars of a gap: the requests waiting in it, earliest first,
+    /// at most five; found in the list sorted once per finalization exactly
+    /// as by filtering and sorting all open requests for each gap.
+    #[test]
+    fn gap_exemplars_equal_a_filter_and_sort(
+        reqs in prop::collection::vec((0i64..50, 0i64..20, any::<bool>()), 0..60),
+        cuts in prop::collection::btree_set(0i64..80, 0..12),
+    ) {
+        let requests: Vec<Request> = reqs
+            .iter()
+            .enumerate()
+            .map(|(i, &(q, wait, admitted))| {
+                let mut stamps = Stamps::default();
+                stamps.set(Stamp::Queued, q);
+                if admitted {
+                    stamps.set(Stamp::Admitted, q + wait);
+                }
+                // Spans in the reverse order of the requests' keys' indices.
+                let span = SpanRef { trace_id: [1; 16], span_id: (1000 - i as u64).to_be_bytes() };
+                let o = Observation {
+                    request: request_key(&i.to_string()),
+                    stamps,
+                    span,
+                    ..Observation::default()
+                };
+                Request::from_observation(&o)
+            })
+            .collect();
+        let refs: Vec<&Request> = requests.iter().collect();
+        // Disjoint gaps in time order from consecutive pairs of cut points.
+        let cuts: Vec<i64> = cuts.into_iter().collect();
+        let gaps: Vec<GapInterval> = cuts
+            .chunks_exact(2)
+            .map(|c| GapInterval { start: c[0], end: c[1], max_queue_depth: 0, by_cause: [0; 3] })
+            .collect();
+        let run_end = 100;
+        let queued = Queued::of(&refs, &gaps, run_end);
+        for g in &gaps {
+            for (start, end) in [(g.start, g.end), (g.start, (g.start + g.end) / 2 + 1)] {
+                let mut want: Vec<&Request> = refs
+                    .iter()
+                    .copied()
+                    .filter(|r| queued_interval(r, run_end).is_some_and(|(a, b)| a < end && b > start))
+                    .collect();
+                want.sort_by_key(|r| (r.stamps, r.span, r.key));
+                let want: Vec<SpanRef> = want.iter().take(MAX_EXEMPLARS).map(|r| r.span).collect();
+                prop_assert_eq!(queued.within(start, end), want);
+            }
+        }
+    }
+}

@@ -143,9 +143,13 @@ pub struct Profile {
     /// Active range `[start, end)`.
     pub start: Nanos,
     pub end: Nanos,
-    pub segments: Vec<Segment>,
-    /// `cum[i]` integrates from `start` to `segments[i].start`.
+    /// The pieces from `first` on (those before it were dropped: see
+    /// [`Profile::drop_before`]).
+    segments: Vec<Segment>,
+    /// `cum[i + 1] - cum[i]` integrates over `segments[i]`.
     cum: Vec<Acc>,
+    #[serde(default)]
+    first: usize,
     /// Whether any cap (observed or default) applies.
     pub has_cap: bool,
 }
@@ -385,6 +389,7 @@ impl Profile {
             end,
             segments,
             cum,
+            first: 0,
             has_cap,
         };
         let state = SweepState {
@@ -398,15 +403,22 @@ impl Profile {
         (profile, state)
     }
 
-    /// Integral from `start` to `t` (clamped to the active range).
+    /// The pieces of the timeline, in time order.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments[self.first..]
+    }
+
+    /// Integral up to `t` (clamped to the active range), from a base that
+    /// differences cancel.
     fn integral(&self, t: Nanos) -> Acc {
         let t = t.clamp(self.start, self.end);
-        let i = self.segments.partition_point(|s| s.start <= t);
+        let segs = self.segments();
+        let i = segs.partition_point(|s| s.start <= t);
         if i == 0 {
-            return Acc::default();
+            return self.cum.get(self.first).copied().unwrap_or_default();
         }
-        let s = &self.segments[i - 1];
-        self.cum[i - 1].add_scaled(&s.rates(), t.min(s.end) - s.start)
+        let s = &segs[i - 1];
+        self.cum[self.first + i - 1].add_scaled(&s.rates(), t.min(s.end) - s.start)
     }
 
     /// The time-based metrics over `[lo, hi)` ∩ active range, combined with
@@ -452,7 +464,7 @@ impl Profile {
     pub fn gaps(&self) -> Vec<GapInterval> {
         let mut out: Vec<GapInterval> = Vec::new();
         let mut open = false;
-        for s in &self.segments {
+        for s in self.segments() {
             let Some(cause) = s.gap else {
                 open = false;
                 continue;
@@ -480,20 +492,33 @@ impl Profile {
     /// Appends `next`, a profile that starts where this one ends.
     pub fn append(&mut self, next: Profile) {
         let base = self.cum.last().copied().unwrap_or_default();
-        self.segments.extend(next.segments);
-        self.cum
-            .extend(next.cum.iter().skip(1).map(|a| base.plus(a)));
+        // Zero for a profile fresh from a sweep (then the sums are exact).
+        let from = next.cum.get(next.first).copied().unwrap_or_default();
+        self.segments.extend_from_slice(next.segments());
+        self.cum.extend(
+            next.cum[next.first..]
+                .iter()
+                .skip(1)
+                .map(|a| base.plus(&a.minus(&from))),
+        );
         self.end = next.end;
         self.has_cap |= next.has_cap;
     }
 
     /// Drops the timeline before `t`: the profile then starts at `t` (or
-    /// at its end, if that comes first).
+    /// at its end, if that comes first). The pieces dropped are only skipped
+    /// until they are a quarter of the vectors, then removed at once, so a
+    /// profile that loses a little at every step is not moved every time
+    /// (each piece is moved at most three times, amortized).
     pub fn drop_before(&mut self, t: Nanos) {
-        let k = self.segments.partition_point(|s| s.end <= t);
-        self.segments.drain(..k);
-        self.cum.drain(..k);
-        if let (Some(s), Some(c)) = (self.segments.first_mut(), self.cum.first_mut()) {
+        self.first += self.segments().partition_point(|s| s.end <= t);
+        if self.first * 4 >= self.segments.len() {
+            self.segments.drain(..self.first);
+            self.cum.drain(..self.first);
+            self.first = 0;
+        }
+        let f = self.first;
+        if let (Some(s), Some(c)) = (self.segments.get_mut(f), self.cum.get_mut(f)) {
             if s.start < t {
                 *c = c.add_scaled(&s.rates(), t - s.start);
                 s.start = t;
@@ -507,7 +532,7 @@ impl Profile {
     pub fn gap_until(&self, g: &GapInterval, at: Nanos) -> GapInterval {
         let mut cut = *g;
         cut.end = at;
-        for s in &self.segments {
+        for s in self.segments() {
             if let Some(c) = s.gap {
                 let (a, b) = (s.start.max(at), s.end.min(g.end));
                 if b > a {
@@ -533,7 +558,7 @@ impl Profile {
     /// The active range cut into `columns` equal pieces (for drawing): see
     /// [`timeline`].
     pub fn timeline(&self, columns: usize) -> Vec<TimelinePoint> {
-        timeline(self.start, self.end, &self.segments, columns)
+        timeline(self.start, self.end, self.segments(), columns)
     }
 }
 
@@ -637,11 +662,11 @@ impl Default for Drawing {
 
 impl Drawing {
     pub fn of(p: &Profile, columns: usize) -> Drawing {
-        if p.segments.len() <= columns {
+        if p.segments().len() <= columns {
             Drawing::Pieces {
                 start: p.start,
                 end: p.end,
-                segments: p.segments.clone(),
+                segments: p.segments().to_vec(),
             }
         } else {
             Drawing::Columns(p.timeline(columns))
