@@ -3,7 +3,11 @@
 # number of requests per run, measured by `tpsgap bench` (gRPC, 16 in flight,
 # 512-span requests, two spans per request). Runs go idle 2 s after the load
 # and the measurement waits for them, so it includes their finalization.
-# Prints the median (of ROUNDS fresh servers) per row.
+#
+# Rounds are interleaved (every row once per round, on a fresh server), so a
+# noisy minute on a shared machine touches every row alike; prints each
+# row's median over the rounds and, last, the ratio of the dearest row to
+# the cheapest.
 #
 #   scripts/bench_scaling.sh            # 3 rounds
 set -euo pipefail
@@ -11,17 +15,35 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/tpsgap}
 [ -x "$BIN" ] || cargo build --release --locked --bin tpsgap
 ROUNDS=${ROUNDS:-3}
-echo "| live runs | requests per run | spans | spans/s | server CPU-s per 1M spans | peak RSS |"
-echo "|---|---|---|---|---|---|"
-for row in "1 500000" "10 100000" "100 10000" "1000 1000" "10000 100" "10000 10"; do
-  read -r runs per <<<"$row"
-  spans=$((runs * per * 2))
-  "$BIN" bench --runs "$runs" --spans "$spans" --repeat "$ROUNDS" --settle-ms 4000 --json \
-    -- --run-idle-timeout 2s 2>/tmp/scaling.err | python3 -c '
+ROWS=("1 500000" "10 100000" "100 10000" "1000 1000" "10000 100" "10000 10")
+out=$(mktemp); trap 'rm -f "$out"' EXIT
+for ((round = 1; round <= ROUNDS; round++)); do
+  for row in "${ROWS[@]}"; do
+    read -r runs per <<<"$row"
+    spans=$((runs * per * 2))
+    "$BIN" bench --runs "$runs" --spans "$spans" --repeat 1 --settle-ms 4000 --json \
+      -- --run-idle-timeout 2s 2>/tmp/scaling.err | python3 -c '
 import json, sys
 r = json.load(sys.stdin)
-runs, per, spans = sys.argv[1:4]
-row = (int(runs), int(per), int(spans), r["spans_per_s"], r["cpu_s_per_million_spans"], r["peak_rss_mib"])
-print("| {:,} | {:,} | {:,} | {:,.0f} | {:.2f} | {:.0f} MiB |".format(*row))
-' "$runs" "$per" "$spans"
+print(json.dumps({"row": sys.argv[1], "spans": int(sys.argv[2]), "spans_per_s": r["spans_per_s"],
+                  "cpu": r["cpu_s_per_million_spans"], "rss": r["peak_rss_mib"]}))
+' "$row" "$spans" >>"$out"
+  done
 done
+python3 - "$out" "${ROWS[@]}" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("| live runs | requests per run | spans | spans/s | server CPU-s per 1M spans | peak RSS |")
+print("|---|---|---|---|---|---|")
+cpus = []
+for row in sys.argv[2:]:
+    rs = [r for r in rows if r["row"] == row]
+    runs, per = map(int, row.split())
+    cpu = statistics.median(r["cpu"] for r in rs)
+    cpus.append(cpu)
+    print("| {:,} | {:,} | {:,} | {:,.0f} | {:.2f} | {:.0f} MiB |".format(
+        runs, per, rs[0]["spans"], statistics.median(r["spans_per_s"] for r in rs), cpu,
+        max(r["rss"] for r in rs)))
+print()
+print("dearest / cheapest row: {:.2f}x".format(max(cpus) / min(cpus)))
+PY

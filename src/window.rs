@@ -250,36 +250,8 @@ impl Profile {
         end: Nanos,
         cfg: &WindowConfig,
     ) -> Profile {
-        let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + caps.len());
-        for r in requests {
-            if let Some((a, b)) = queued_interval(r, end) {
-                events.push((a, Ev::QueueIn));
-                events.push((b, Ev::QueueOut));
-            }
-            if let Some((a, b)) = in_flight_interval(r, end) {
-                events.push((a, Ev::Admit));
-                events.push((b, Ev::Release { slot: b < end }));
-            }
-        }
-        let init = SweepState::initial(caps, start, cfg);
-        let mut sorted_caps: Vec<CapPoint> = caps.to_vec();
-        sorted_caps.sort_by_key(|c| c.t);
-        events.extend(
-            sorted_caps
-                .iter()
-                .filter(|c| c.t > start && c.t < end)
-                .zip(0u32..)
-                .map(|(c, order)| {
-                    (
-                        c.t,
-                        Ev::Cap {
-                            order,
-                            value: c.value,
-                        },
-                    )
-                }),
-        );
-        Profile::resume(init, events, end, cfg).0
+        let (segments, state) = sweep_all(requests, caps, start, end, cfg);
+        Profile::of_segments(start, end, segments, state.has_cap)
     }
 
     /// Continues a sweep from `init` (its state at `init.at`) over
@@ -288,95 +260,20 @@ impl Profile {
     /// every event before it.
     pub fn resume(
         init: SweepState,
-        mut events: Vec<(Nanos, Ev)>,
+        events: Vec<(Nanos, Ev)>,
         end: Nanos,
         cfg: &WindowConfig,
     ) -> (Profile, SweepState) {
-        // By time only: at one instant the counts commute, and of the caps
-        // the last received (`Ev::Cap::order`) wins below.
-        events.sort_unstable_by_key(|e| e.0);
         let start = init.at;
-        let has_cap = init.has_cap || events.iter().any(|e| matches!(e.1, Ev::Cap { .. }));
-        let mut cap = init.cap;
-        let (mut q, mut f) = (init.queue_depth, init.in_flight);
-        let mut pending = init.pending;
-        let mut segments = Vec::with_capacity(events.len() + 1);
-        let mut i = 0;
-        let mut t = start;
-        while t < end {
-            let (mut releases, mut admits) = (0usize, 0usize);
-            let mut last_cap: Option<(u32, u32)> = None;
-            while i < events.len() && events[i].0 <= t {
-                match events[i].1 {
-                    Ev::QueueIn => q += 1,
-                    Ev::QueueOut => q -= 1,
-                    Ev::Admit => {
-                        f += 1;
-                        admits += 1;
-                    }
-                    Ev::Release { slot } => {
-                        f -= 1;
-                        releases += usize::from(slot);
-                    }
-                    Ev::Cap { order, value } => {
-                        if last_cap.is_none_or(|(o, _)| order >= o) {
-                            last_cap = Some((order, value));
-                        }
-                    }
-                }
-                i += 1;
-            }
-            if let Some((_, value)) = last_cap {
-                cap = Some(value);
-            }
-            // Releases come before admissions at one instant.
-            pending.extend(std::iter::repeat_n(t, releases));
-            for _ in 0..admits.min(pending.len()) {
-                pending.pop_front();
-            }
-            if q <= 0 {
-                pending.clear();
-            }
-            if let Some(c) = cap {
-                let room = usize::try_from(i64::from(c) - f).unwrap_or(0);
-                pending.truncate(room);
-            }
-            let next = events.get(i).map_or(end, |e| e.0.min(end));
-            let seg = Segment {
-                start: t,
-                end: next,
-                queue_depth: u32::try_from(q).unwrap_or(0),
-                in_flight: u32::try_from(f).unwrap_or(0),
-                cap,
-                gap: None,
-            };
-            let in_gap = cap.is_some_and(|c| q > 0 && f < i64::from(c));
-            match (in_gap, pending.front()) {
-                (false, _) => segments.push(seg),
-                (true, None) => segments.push(Segment {
-                    gap: Some(Cause::UnderCap),
-                    ..seg
-                }),
-                (true, Some(&slot)) => {
-                    let stall_from = slot.saturating_add(cfg.refill_threshold);
-                    if stall_from > t {
-                        segments.push(Segment {
-                            end: stall_from.min(next),
-                            gap: Some(Cause::Refill),
-                            ..seg
-                        });
-                    }
-                    if stall_from < next {
-                        segments.push(Segment {
-                            start: stall_from.max(t),
-                            gap: Some(Cause::Stall),
-                            ..seg
-                        });
-                    }
-                }
-            }
-            t = next;
-        }
+        let (segments, state) = sweep(init, events, end, cfg);
+        (
+            Profile::of_segments(start, end, segments, state.has_cap),
+            state,
+        )
+    }
+
+    /// A profile of `[start, end)` from its pieces: their prefix integrals.
+    fn of_segments(start: Nanos, end: Nanos, segments: Vec<Segment>, has_cap: bool) -> Profile {
         let mut cum = Vec::with_capacity(segments.len() + 1);
         let mut acc = Acc::default();
         cum.push(acc);
@@ -384,25 +281,163 @@ impl Profile {
             acc = acc.add_scaled(&s.rates(), s.end - s.start);
             cum.push(acc);
         }
-        let profile = Profile {
+        Profile {
             start,
             end,
             segments,
             cum,
             first: 0,
             has_cap,
-        };
-        let state = SweepState {
-            at: end,
-            queue_depth: q,
-            in_flight: f,
-            pending,
-            cap,
-            has_cap,
-        };
-        (profile, state)
+        }
     }
+}
 
+/// The pieces of a run's whole sweep over `[start, end)` (as
+/// [`Profile::build`] without the prefix integrals), and the state at `end`.
+fn sweep_all(
+    requests: &[&Request],
+    caps: &[CapPoint],
+    start: Nanos,
+    end: Nanos,
+    cfg: &WindowConfig,
+) -> (Vec<Segment>, SweepState) {
+    let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + caps.len());
+    for r in requests {
+        if let Some((a, b)) = queued_interval(r, end) {
+            events.push((a, Ev::QueueIn));
+            events.push((b, Ev::QueueOut));
+        }
+        if let Some((a, b)) = in_flight_interval(r, end) {
+            events.push((a, Ev::Admit));
+            events.push((b, Ev::Release { slot: b < end }));
+        }
+    }
+    let init = SweepState::initial(caps, start, cfg);
+    let mut sorted_caps: Vec<CapPoint> = caps.to_vec();
+    sorted_caps.sort_by_key(|c| c.t);
+    events.extend(
+        sorted_caps
+            .iter()
+            .filter(|c| c.t > start && c.t < end)
+            .zip(0u32..)
+            .map(|(c, order)| {
+                (
+                    c.t,
+                    Ev::Cap {
+                        order,
+                        value: c.value,
+                    },
+                )
+            }),
+    );
+    sweep(init, events, end, cfg)
+}
+
+/// The pieces of a sweep from `init` over `[init.at, end)` (see
+/// [`Profile::resume`]), and the state at `end`.
+fn sweep(
+    init: SweepState,
+    mut events: Vec<(Nanos, Ev)>,
+    end: Nanos,
+    cfg: &WindowConfig,
+) -> (Vec<Segment>, SweepState) {
+    // By time only: at one instant the counts commute, and of the caps
+    // the last received (`Ev::Cap::order`) wins below.
+    events.sort_unstable_by_key(|e| e.0);
+    let start = init.at;
+    let has_cap = init.has_cap || events.iter().any(|e| matches!(e.1, Ev::Cap { .. }));
+    let mut cap = init.cap;
+    let (mut q, mut f) = (init.queue_depth, init.in_flight);
+    let mut pending = init.pending;
+    let mut segments = Vec::with_capacity(events.len() + 1);
+    let mut i = 0;
+    let mut t = start;
+    while t < end {
+        let (mut releases, mut admits) = (0usize, 0usize);
+        let mut last_cap: Option<(u32, u32)> = None;
+        while i < events.len() && events[i].0 <= t {
+            match events[i].1 {
+                Ev::QueueIn => q += 1,
+                Ev::QueueOut => q -= 1,
+                Ev::Admit => {
+                    f += 1;
+                    admits += 1;
+                }
+                Ev::Release { slot } => {
+                    f -= 1;
+                    releases += usize::from(slot);
+                }
+                Ev::Cap { order, value } => {
+                    if last_cap.is_none_or(|(o, _)| order >= o) {
+                        last_cap = Some((order, value));
+                    }
+                }
+            }
+            i += 1;
+        }
+        if let Some((_, value)) = last_cap {
+            cap = Some(value);
+        }
+        // Releases come before admissions at one instant.
+        pending.extend(std::iter::repeat_n(t, releases));
+        for _ in 0..admits.min(pending.len()) {
+            pending.pop_front();
+        }
+        if q <= 0 {
+            pending.clear();
+        }
+        if let Some(c) = cap {
+            let room = usize::try_from(i64::from(c) - f).unwrap_or(0);
+            pending.truncate(room);
+        }
+        let next = events.get(i).map_or(end, |e| e.0.min(end));
+        let seg = Segment {
+            start: t,
+            end: next,
+            queue_depth: u32::try_from(q).unwrap_or(0),
+            in_flight: u32::try_from(f).unwrap_or(0),
+            cap,
+            gap: None,
+        };
+        let in_gap = cap.is_some_and(|c| q > 0 && f < i64::from(c));
+        match (in_gap, pending.front()) {
+            (false, _) => segments.push(seg),
+            (true, None) => segments.push(Segment {
+                gap: Some(Cause::UnderCap),
+                ..seg
+            }),
+            (true, Some(&slot)) => {
+                let stall_from = slot.saturating_add(cfg.refill_threshold);
+                if stall_from > t {
+                    segments.push(Segment {
+                        end: stall_from.min(next),
+                        gap: Some(Cause::Refill),
+                        ..seg
+                    });
+                }
+                if stall_from < next {
+                    segments.push(Segment {
+                        start: stall_from.max(t),
+                        gap: Some(Cause::Stall),
+                        ..seg
+                    });
+                }
+            }
+        }
+        t = next;
+    }
+    let state = SweepState {
+        at: end,
+        queue_depth: q,
+        in_flight: f,
+        pending,
+        cap,
+        has_cap,
+    };
+    (segments, state)
+}
+
+impl Profile {
     /// The pieces of the timeline, in time order.
     pub fn segments(&self) -> &[Segment] {
         &self.segments[self.first..]
@@ -426,66 +461,75 @@ impl Profile {
     pub fn stats(&self, lo: Nanos, hi: Nanos, c: &Counts) -> Stats {
         let lo = lo.max(self.start);
         let hi = hi.min(self.end).max(lo);
-        let d = hi - lo;
         let a = self.integral(hi).minus(&self.integral(lo));
-        let per = |x: f64| (d > 0).then(|| x / d as f64);
-        let gap_ns: i64 = a.gap.iter().sum();
-        let secs = duration_secs(d);
-        Stats {
-            effective_seconds: secs,
-            gap_seconds: self.has_cap.then(|| duration_secs(gap_ns)),
-            gap_fraction: if self.has_cap {
-                per(gap_ns as f64)
-            } else {
-                None
-            },
-            backlog_seconds: duration_secs(a.backlog),
-            backlog_fraction: per(a.backlog as f64),
-            mean_in_flight: per(a.in_flight as f64),
-            mean_queue_depth: per(a.queue as f64),
-            utilization: if self.has_cap { per(a.util) } else { None },
-            system_tps: (d > 0).then(|| c.output_tokens as f64 / secs),
-            output_tokens: c.output_tokens,
-            requests: c.requests,
-            succeeded: c.succeeded,
-            failed: c.failed,
-            success_rate: (c.succeeded + c.failed > 0)
-                .then(|| c.succeeded as f64 / (c.succeeded + c.failed) as f64),
-            retry_rate: (c.requests > 0).then(|| c.retries as f64 / c.requests as f64),
-            gap_seconds_by_cause: self.has_cap.then(|| ByCause {
-                stall: duration_secs(a.gap[Cause::Stall as usize]),
-                refill: duration_secs(a.gap[Cause::Refill as usize]),
-                under_cap: duration_secs(a.gap[Cause::UnderCap as usize]),
-            }),
-        }
+        stats_of(&a, hi - lo, self.has_cap, c)
     }
+}
 
+/// The time-based metrics of integrals `a` over `d` nanoseconds, combined
+/// with the request counts of the same range.
+fn stats_of(a: &Acc, d: Nanos, has_cap: bool, c: &Counts) -> Stats {
+    let per = |x: f64| (d > 0).then(|| x / d as f64);
+    let gap_ns: i64 = a.gap.iter().sum();
+    let secs = duration_secs(d);
+    Stats {
+        effective_seconds: secs,
+        gap_seconds: has_cap.then(|| duration_secs(gap_ns)),
+        gap_fraction: if has_cap { per(gap_ns as f64) } else { None },
+        backlog_seconds: duration_secs(a.backlog),
+        backlog_fraction: per(a.backlog as f64),
+        mean_in_flight: per(a.in_flight as f64),
+        mean_queue_depth: per(a.queue as f64),
+        utilization: if has_cap { per(a.util) } else { None },
+        system_tps: (d > 0).then(|| c.output_tokens as f64 / secs),
+        output_tokens: c.output_tokens,
+        requests: c.requests,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        success_rate: (c.succeeded + c.failed > 0)
+            .then(|| c.succeeded as f64 / (c.succeeded + c.failed) as f64),
+        retry_rate: (c.requests > 0).then(|| c.retries as f64 / c.requests as f64),
+        gap_seconds_by_cause: has_cap.then(|| ByCause {
+            stall: duration_secs(a.gap[Cause::Stall as usize]),
+            refill: duration_secs(a.gap[Cause::Refill as usize]),
+            under_cap: duration_secs(a.gap[Cause::UnderCap as usize]),
+        }),
+    }
+}
+
+impl Profile {
     /// The maximal intervals of the gap set, each with its dominant cause.
     pub fn gaps(&self) -> Vec<GapInterval> {
-        let mut out: Vec<GapInterval> = Vec::new();
-        let mut open = false;
-        for s in self.segments() {
-            let Some(cause) = s.gap else {
-                open = false;
-                continue;
-            };
-            if !open {
-                out.push(GapInterval {
-                    start: s.start,
-                    end: s.start,
-                    max_queue_depth: 0,
-                    by_cause: [0; 3],
-                });
-                open = true;
-            }
-            if let Some(g) = out.last_mut() {
-                g.end = s.end;
-                g.max_queue_depth = g.max_queue_depth.max(s.queue_depth);
-                g.by_cause[cause as usize] += s.end - s.start;
-            }
-        }
-        out
+        gaps_of(self.segments())
     }
+}
+
+/// The maximal intervals of the gap set of `segments`, each with its
+/// dominant cause.
+fn gaps_of(segments: &[Segment]) -> Vec<GapInterval> {
+    let mut out: Vec<GapInterval> = Vec::new();
+    let mut open = false;
+    for s in segments {
+        let Some(cause) = s.gap else {
+            open = false;
+            continue;
+        };
+        if !open {
+            out.push(GapInterval {
+                start: s.start,
+                end: s.start,
+                max_queue_depth: 0,
+                by_cause: [0; 3],
+            });
+            open = true;
+        }
+        if let Some(g) = out.last_mut() {
+            g.end = s.end;
+            g.max_queue_depth = g.max_queue_depth.max(s.queue_depth);
+            g.by_cause[cause as usize] += s.end - s.start;
+        }
+    }
+    out
 }
 
 impl Profile {
@@ -661,15 +705,16 @@ impl Default for Drawing {
 }
 
 impl Drawing {
-    pub fn of(p: &Profile, columns: usize) -> Drawing {
-        if p.segments().len() <= columns {
+    /// The drawing of `segments` over `[start, end)`.
+    pub fn of(start: Nanos, end: Nanos, segments: &[Segment], columns: usize) -> Drawing {
+        if segments.len() <= columns {
             Drawing::Pieces {
-                start: p.start,
-                end: p.end,
-                segments: p.segments().to_vec(),
+                start,
+                end,
+                segments: segments.to_vec(),
             }
         } else {
-            Drawing::Columns(p.timeline(columns))
+            Drawing::Columns(timeline(start, end, segments, columns))
         }
     }
 
@@ -929,7 +974,7 @@ pub fn compute_run(
         return (rep, None);
     };
     let profile = Profile::build(requests, caps, start, end, cfg);
-    time_totals(&mut rep, &profile, &totals);
+    profile_totals(&mut rep, &profile, &totals);
     let (first, last) = windows_overlapping(start, end, cfg);
     let first = first.max(last.saturating_sub(cfg.max_windows as i64 - 1));
     if first <= last {
@@ -955,16 +1000,32 @@ pub fn report_at_end(
     let Some((start, end)) = active_range(requests.iter().copied()) else {
         return (rep, Drawing::default());
     };
-    let built;
-    let profile = match swept.filter(|p| p.start == start && p.end == end) {
-        Some(p) => p,
+    let drawing = match swept.filter(|p| p.start == start && p.end == end) {
+        Some(p) => {
+            profile_totals(&mut rep, p, &totals);
+            Drawing::of(start, end, p.segments(), columns)
+        }
         None => {
-            built = Profile::build(requests, caps, start, end, cfg);
-            &built
+            // Only the pieces: the totals are one sum over them (the same
+            // sum, in the same order, as the prefix integrals' last), so a
+            // long run's end does not hold prefix integrals for every piece.
+            let (segments, state) = sweep_all(requests, caps, start, end, cfg);
+            let whole = segments.iter().fold(Acc::default(), |acc, s| {
+                acc.add_scaled(&s.rates(), s.end - s.start)
+            });
+            time_totals(
+                &mut rep,
+                start,
+                end,
+                &segments,
+                &whole,
+                state.has_cap,
+                &totals,
+            );
+            Drawing::of(start, end, &segments, columns)
         }
     };
-    time_totals(&mut rep, profile, &totals);
-    (rep, Drawing::of(profile, columns))
+    (rep, drawing)
 }
 
 /// The parts of a run's report that come from its requests one by one: the
@@ -1018,14 +1079,31 @@ fn request_totals(
     (rep, totals)
 }
 
-/// The parts of a run's report that come from its swept timeline: the
-/// active range, the time-based totals and the gaps.
-fn time_totals(rep: &mut RunReport, profile: &Profile, totals: &Counts) {
-    let (start, end) = (profile.start, profile.end);
+/// [`time_totals`] from a profile of the whole active range.
+fn profile_totals(rep: &mut RunReport, p: &Profile, totals: &Counts) {
+    let whole = p.integral(p.end).minus(&p.integral(p.start));
+    time_totals(rep, p.start, p.end, p.segments(), &whole, p.has_cap, totals);
+}
+
+/// The parts of a run's report that come from its swept timeline (its
+/// pieces over `[start, end)` and their integrals `whole`): the active
+/// range, the time-based totals and the gaps.
+fn time_totals(
+    rep: &mut RunReport,
+    start: Nanos,
+    end: Nanos,
+    segments: &[Segment],
+    whole: &Acc,
+    has_cap: bool,
+    totals: &Counts,
+) {
     rep.start_unix_s = Some(nanos_to_secs(start));
     rep.end_unix_s = Some(nanos_to_secs(end));
-    rep.totals = profile.stats(start, end, totals);
-    rep.gaps = profile.gaps().iter().map(GapInterval::to_report).collect();
+    rep.totals = stats_of(whole, end - start, has_cap, totals);
+    rep.gaps = gaps_of(segments)
+        .iter()
+        .map(GapInterval::to_report)
+        .collect();
 }
 
 #[cfg(test)]
