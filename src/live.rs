@@ -630,7 +630,9 @@ impl Engine {
     /// (without windows: the run has them) and timeline.
     fn end_run(&self, id: &str, run: &mut LiveRun) -> (RunOutput, RunReport, Drawing) {
         // A run never finalized before is swept once here, over its whole
-        // range, so its report needs no second sweep.
+        // range, so its report needs no second sweep. A profile appended
+        // over several finalizations is not taken: its float sums are
+        // grouped differently from one sweep's.
         let fresh = run.sweep.is_none();
         let out = self.advance(id, run, None);
         let swept = if fresh { run.profile.as_ref() } else { None };

@@ -275,12 +275,8 @@ impl Profile {
     /// A profile of `[start, end)` from its pieces: their prefix integrals.
     fn of_segments(start: Nanos, end: Nanos, segments: Vec<Segment>, has_cap: bool) -> Profile {
         let mut cum = Vec::with_capacity(segments.len() + 1);
-        let mut acc = Acc::default();
-        cum.push(acc);
-        for s in &segments {
-            acc = acc.add_scaled(&s.rates(), s.end - s.start);
-            cum.push(acc);
-        }
+        cum.push(Acc::default());
+        cum.extend(running_integrals(&segments));
         Profile {
             start,
             end,
@@ -290,6 +286,16 @@ impl Profile {
             has_cap,
         }
     }
+}
+
+/// The integrals from the first piece's start to each piece's end, summed
+/// in order: the prefix integrals of a profile, and (the last) a run's
+/// totals without them are the same sums.
+fn running_integrals(segments: &[Segment]) -> impl Iterator<Item = Acc> + '_ {
+    segments.iter().scan(Acc::default(), |acc, s| {
+        *acc = acc.add_scaled(&s.rates(), s.end - s.start);
+        Some(*acc)
+    })
 }
 
 /// The pieces of a run's whole sweep over `[start, end)` (as
@@ -1006,13 +1012,11 @@ pub fn report_at_end(
             Drawing::of(start, end, p.segments(), columns)
         }
         None => {
-            // Only the pieces: the totals are one sum over them (the same
-            // sum, in the same order, as the prefix integrals' last), so a
-            // long run's end does not hold prefix integrals for every piece.
+            // Only the pieces: the totals are the last running integral
+            // (as a profile's last prefix integral), so a long run's end
+            // does not hold prefix integrals for every piece.
             let (segments, state) = sweep_all(requests, caps, start, end, cfg);
-            let whole = segments.iter().fold(Acc::default(), |acc, s| {
-                acc.add_scaled(&s.rates(), s.end - s.start)
-            });
+            let whole = running_integrals(&segments).last().unwrap_or_default();
             time_totals(
                 &mut rep,
                 start,
