@@ -6,7 +6,7 @@
 //! tests drive it exactly.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::export::web::TIMELINE_COLUMNS;
 use crate::extract::{Extracted, Rejection};
 use crate::join::{FastHash, RunState};
-use crate::model::{duration_secs, Cause, Nanos, Request, SpanRef, Stamp};
+use crate::model::{duration_secs, Cause, Nanos, Observation, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
     in_flight_interval, queued_interval, window_reports, windows_containing, windows_overlapping,
@@ -382,6 +382,93 @@ pub struct RunSummary {
     pub totals: Stats,
 }
 
+impl LiveRun {
+    fn new(first_seen_unix_ns: Nanos, last_span: Instant) -> LiveRun {
+        LiveRun {
+            join: RunState::default(),
+            first_seen_unix_ns,
+            last_span,
+            next_window: None,
+            next_slice: None,
+            gaps_done_until: i64::MIN,
+            final_until: i64::MIN,
+            windows: Vec::new(),
+            late_spans: 0,
+            sweep: None,
+            profile: None,
+            open_gap: None,
+        }
+    }
+}
+
+/// A batch's observations grouped by run, runs in the order of their first
+/// span and each run's spans in their order: a chain of item indices per run.
+struct RunGroups<'b> {
+    names: Vec<&'b str>,
+    /// The first and last item of each run's chain.
+    ends: Vec<(u32, u32)>,
+    /// The next item of the same run; [`RunGroups::END`] after the last.
+    next: Vec<u32>,
+}
+
+impl<'b> RunGroups<'b> {
+    const END: u32 = u32::MAX;
+
+    fn of(items: &'b [Extracted<'_>]) -> RunGroups<'b> {
+        let mut index: std::collections::HashMap<&'b str, u32, FastHash> =
+            std::collections::HashMap::default();
+        let mut groups = RunGroups {
+            names: Vec::new(),
+            ends: Vec::new(),
+            next: vec![Self::END; items.len()],
+        };
+        let mut last: Option<(&str, u32)> = None;
+        for (i, e) in items.iter().enumerate() {
+            let Extracted::Observation(o) = e else {
+                continue;
+            };
+            // A batch never holds u32::MAX items: a request is far smaller.
+            let i = i as u32;
+            let id: &'b str = &o.run_id;
+            let g = match last {
+                // Spans of one run tend to come together.
+                Some((l, g)) if l == id => g,
+                _ => *index.entry(id).or_insert_with(|| {
+                    groups.names.push(id);
+                    groups.ends.push((i, i));
+                    (groups.names.len() - 1) as u32
+                }),
+            };
+            last = Some((id, g));
+            let end = &mut groups.ends[g as usize];
+            if end.1 != i {
+                groups.next[end.1 as usize] = i;
+                end.1 = i;
+            }
+        }
+        groups
+    }
+
+    /// Run `g`'s observations, in their order in `items`.
+    fn spans<'s, 'a>(
+        &'s self,
+        g: usize,
+        items: &'s [Extracted<'a>],
+    ) -> impl Iterator<Item = &'s Observation<'a>> + 's {
+        let mut i = self.ends[g].0;
+        std::iter::from_fn(move || {
+            while i != Self::END {
+                let at = i as usize;
+                i = self.next[at];
+                if let Extracted::Observation(o) = &items[at] {
+                    return Some(o);
+                }
+            }
+            None
+        })
+    }
+}
+
 /// Engine counters, read by the self-telemetry.
 #[derive(Debug, Default)]
 pub struct EngineCounters {
@@ -399,6 +486,9 @@ pub struct EngineCounters {
 pub struct Engine {
     cfg: LiveConfig,
     runs: DashMap<String, LiveRun, FastHash>,
+    /// The number of live runs, kept beside the map so that a batch reads
+    /// it without locking every shard.
+    live: AtomicUsize,
     finals: Mutex<Finals>,
     forgotten: Mutex<Vec<String>>,
     pub counters: EngineCounters,
@@ -412,6 +502,7 @@ impl Engine {
         Engine {
             cfg,
             runs: DashMap::default(),
+            live: AtomicUsize::new(0),
             finals: Mutex::new(Finals::default()),
             forgotten: Mutex::new(Vec::new()),
             counters: EngineCounters::default(),
@@ -440,7 +531,9 @@ impl Engine {
     pub fn restore(&self, snap: EngineSnapshot) {
         for (id, mut run) in snap.runs {
             run.join.reindex();
-            self.runs.insert(id, run);
+            if self.runs.insert(id, run).is_none() {
+                self.live.fetch_add(1, Ordering::Relaxed);
+            }
         }
         if let Ok(mut f) = self.finals.lock() {
             for (id, run) in snap.finals {
@@ -463,88 +556,58 @@ impl Engine {
     /// # Errors
     /// [`Refusal`] when the batch cannot be taken now (retryable).
     pub fn ingest(&self, items: Vec<Extracted<'_>>, now: Now) -> Result<IngestOutcome, Refusal> {
-        let mut new_runs: Vec<&str> = Vec::new();
-        let mut last: Option<&str> = None;
-        for e in &items {
-            if let Extracted::Observation(o) = e {
-                // Spans of one run tend to come together: look each run up once.
-                if last != Some(&*o.run_id) {
-                    last = Some(&*o.run_id);
-                    if !self.runs.contains_key(&*o.run_id) {
-                        new_runs.push(&o.run_id);
-                    }
-                }
+        let batch = RunGroups::of(&items);
+        let live = self.live.load(Ordering::Relaxed);
+        // Only when the batch could start more runs than allowed are its
+        // runs looked up one by one.
+        if live + batch.names.len() > self.cfg.max_runs {
+            let new_runs = batch
+                .names
+                .iter()
+                .filter(|id| !self.runs.contains_key(**id))
+                .count();
+            if new_runs > 0 && live + new_runs > self.cfg.max_runs {
+                self.counters
+                    .spans_refused
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
+                return Err(Refusal::TooManyRuns {
+                    live,
+                    max: self.cfg.max_runs,
+                });
             }
         }
-        new_runs.sort_unstable();
-        new_runs.dedup();
-        let live = self.runs.len();
-        if !new_runs.is_empty() && live + new_runs.len() > self.cfg.max_runs {
-            self.counters
-                .spans_refused
-                .fetch_add(items.len() as u64, Ordering::Relaxed);
-            return Err(Refusal::TooManyRuns {
-                live,
-                max: self.cfg.max_runs,
-            });
-        }
         let mut out = IngestOutcome::default();
-        // The run's entry stays locked over consecutive spans of that run.
-        let mut held: Option<dashmap::mapref::one::RefMut<'_, String, LiveRun>> = None;
+        // Each run is locked once for all its spans in the batch. A run
+        // another thread holds (a receiver, or the tick finalizing it) is
+        // taken after the others, so the receivers rarely wait on a lock.
+        let mut busy = Vec::new();
+        for (g, id) in batch.names.iter().enumerate() {
+            match self.runs.try_get_mut(*id) {
+                dashmap::try_result::TryResult::Present(mut run) => {
+                    self.apply_group(&mut run, batch.spans(g, &items), now, &mut out)
+                }
+                dashmap::try_result::TryResult::Absent => {
+                    let mut run = self.runs.entry(id.to_string()).or_insert_with(|| {
+                        self.live.fetch_add(1, Ordering::Relaxed);
+                        LiveRun::new(now.unix_ns, now.mono)
+                    });
+                    self.apply_group(&mut run, batch.spans(g, &items), now, &mut out)
+                }
+                dashmap::try_result::TryResult::Locked => busy.push(g),
+            }
+        }
+        for g in busy {
+            let id = batch.names[g];
+            let mut run = self.runs.entry(id.to_string()).or_insert_with(|| {
+                self.live.fetch_add(1, Ordering::Relaxed);
+                LiveRun::new(now.unix_ns, now.mono)
+            });
+            self.apply_group(&mut run, batch.spans(g, &items), now, &mut out);
+        }
+        drop(batch);
         for e in items {
             match e {
-                Extracted::Observation(o) => {
-                    if held.as_ref().is_none_or(|r| r.key().as_str() != &*o.run_id) {
-                        // Released before another entry is locked.
-                        drop(held.take());
-                        held = Some(match self.runs.get_mut(&*o.run_id) {
-                            Some(run) => run,
-                            None => {
-                                self.runs
-                                    .entry(o.run_id.to_string())
-                                    .or_insert_with(|| LiveRun {
-                                        join: RunState::default(),
-                                        first_seen_unix_ns: now.unix_ns,
-                                        last_span: now.mono,
-                                        next_window: None,
-                                        next_slice: None,
-                                        gaps_done_until: i64::MIN,
-                                        final_until: i64::MIN,
-                                        windows: Vec::new(),
-                                        late_spans: 0,
-                                        sweep: None,
-                                        profile: None,
-                                        open_gap: None,
-                                    })
-                            }
-                        });
-                    }
-                    let Some(run) = held.as_mut() else {
-                        continue;
-                    };
-                    run.last_span = now.mono;
-                    if o.is_request()
-                        && run.join.len() >= self.cfg.max_requests_per_run
-                        && !run.join.contains(o.request)
-                    {
-                        out.limited.push(format!(
-                            "span {}: run {:?} holds the maximum of {} requests (--max-requests-per-run)",
-                            crate::model::hex(&o.span.span_id),
-                            o.run_id,
-                            self.cfg.max_requests_per_run
-                        ));
-                        continue;
-                    }
-                    out.accepted += 1;
-                    if o.stamps
-                        .bounds()
-                        .is_some_and(|(lo, _)| lo < run.final_until)
-                    {
-                        run.late_spans += 1;
-                        out.late += 1;
-                    }
-                    run.join.apply(&o);
-                }
+                Extracted::Observation(_) => {}
                 Extracted::NoRun => out.ignored += 1,
                 Extracted::Rejected(r) => out.rejected.push(r),
             }
@@ -558,6 +621,40 @@ impl Engine {
             .fetch_add(out.limited.len() as u64, Ordering::Relaxed);
         c.late_spans.fetch_add(out.late, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Joins one run's spans of a batch, in their order.
+    fn apply_group<'s, 'a: 's>(
+        &self,
+        run: &mut LiveRun,
+        spans: impl Iterator<Item = &'s Observation<'a>>,
+        now: Now,
+        out: &mut IngestOutcome,
+    ) {
+        run.last_span = now.mono;
+        for o in spans {
+            if o.is_request()
+                && run.join.len() >= self.cfg.max_requests_per_run
+                && !run.join.contains(o.request)
+            {
+                out.limited.push(format!(
+                    "span {}: run {:?} holds the maximum of {} requests (--max-requests-per-run)",
+                    crate::model::hex(&o.span.span_id),
+                    o.run_id,
+                    self.cfg.max_requests_per_run
+                ));
+                continue;
+            }
+            out.accepted += 1;
+            if o.stamps
+                .bounds()
+                .is_some_and(|(lo, _)| lo < run.final_until)
+            {
+                run.late_spans += 1;
+                out.late += 1;
+            }
+            run.join.apply(o);
+        }
     }
 
     /// Exports what became final: windows whose end the watermark reached,
@@ -591,6 +688,7 @@ impl Engine {
             .collect();
         for id in due {
             if let Some((_, mut run)) = self.runs.remove_if(&id, |_, r| idle(r)) {
+                self.live.fetch_sub(1, Ordering::Relaxed);
                 let (out, mut report, timeline) = self.end_run(&id, &mut run);
                 report.windows = std::mem::take(&mut run.windows);
                 report.late_spans = run.late_spans;

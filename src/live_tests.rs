@@ -395,3 +395,52 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// A batch mixing several runs is joined run by run (each run locked
+    /// once): the same state and counts as taking its spans one at a time,
+    /// in order, with spans of one request split over several spans.
+    #[test]
+    fn a_mixed_batch_joins_as_its_spans_one_by_one(
+        spans in proptest::collection::vec((0usize..5, 0usize..4, 0u8..8, 0.0f64..50.0), 1..60),
+    ) {
+        let c = Clock(Instant::now());
+        let run_names = ["a", "b", "c", "d"];
+        let items = || -> Vec<Extracted<'static>> {
+            spans
+                .iter()
+                .map(|&(run, req, which, t)| {
+                    let Some(run) = run_names.get(run) else {
+                        return Extracted::Rejected(Rejection {
+                            span_id: format!("{req}"),
+                            attribute: "run_id".into(),
+                            reason: "test".into(),
+                        });
+                    };
+                    if which == 7 {
+                        return Extracted::NoRun;
+                    }
+                    // Each stamp given or not: one request's stamps come
+                    // from several spans, and a later span may set them again.
+                    let at = |bit: u8, dt: f64| (which & bit != 0).then_some(t + dt);
+                    obs(run, &req.to_string(), at(1, 0.0), at(2, 1.0), at(4, 2.0))
+                })
+                .collect()
+        };
+        let batch = Engine::new(cfg(10, 5, 5));
+        let got = batch.ingest(items(), c.at(0)).unwrap();
+        let one_by_one = Engine::new(cfg(10, 5, 5));
+        let (mut accepted, mut ignored, mut rejected) = (0, 0, 0);
+        for item in items() {
+            let o = one_by_one.ingest(vec![item], c.at(0)).unwrap();
+            accepted += o.accepted;
+            ignored += o.ignored;
+            rejected += o.rejected.len();
+        }
+        prop_assert_eq!((got.accepted, got.ignored, got.rejected.len()), (accepted, ignored, rejected));
+        prop_assert_eq!(batch.live_runs(), one_by_one.live_runs());
+        for run in run_names {
+            prop_assert_eq!(batch.run_view(run), one_by_one.run_view(run));
+        }
+    }
+}
