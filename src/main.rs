@@ -118,7 +118,30 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Has glibc's allocator keep the memory of finished requests, runs and
+/// receive buffers for reuse, instead of returning it to the kernel and
+/// faulting it in again moments later: blocks up to 4 MiB come from the
+/// heap (not a fresh `mmap` each), and up to 64 MiB free at the heap's top
+/// is kept. Under a steady load this halves the page faults. glibc's own
+/// `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` variables, when
+/// set, are left in force.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let set = |var: &str| std::env::var_os(var).is_some();
+        if !set("MALLOC_MMAP_THRESHOLD_") && !set("MALLOC_TRIM_THRESHOLD_") {
+            // SAFETY: mallopt only changes allocator parameters; it is
+            // called before any other thread exists.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+            }
+        }
+    }
+}
+
 fn main() -> anyhow::Result<ExitCode> {
+    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
