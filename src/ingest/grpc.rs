@@ -78,10 +78,12 @@ impl Decoder for LeanCodec {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 
-    /// The receive buffer starts at 256 KiB, so that a typical batch (512
-    /// spans, 100 to 200 KB) lands in it without being copied as it grows.
+    /// The receive buffer starts at 512 KiB, so that a typical batch (512
+    /// spans, 100 to 250 KB) lands in it without being copied as it grows:
+    /// once a message's header is read, tonic reserves the message's length
+    /// again beyond what the buffer already holds of it.
     fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(256 * 1024, 32 * 1024)
+        BufferSettings::new(512 * 1024, 32 * 1024)
     }
 }
 
