@@ -320,6 +320,50 @@ mod tests {
         }
     }
 
+    /// Encodings an SDK does not make but may send: a field after an
+    /// attribute's value, a field after a value, a repeated value, a long
+    /// key, a multi-byte integer. The in-place reader gives what prost
+    /// gives, whether a shortcut for the usual encoding applies or not.
+    #[test]
+    fn unusual_attribute_encodings_read_as_prost_reads_them() {
+        use super::generated::{any_value::Value as V, KeyValue as Kv};
+        use super::view::{KeyValueView, ValueView};
+        let long = vec![b'k'; 200];
+        let cases: Vec<Vec<u8>> = vec![
+            // key "k", value "ab": the usual encoding.
+            vec![0x0a, 1, b'k', 0x12, 4, 0x0a, 2, b'a', b'b'],
+            // ... then an unknown varint field 3 after the value.
+            vec![0x0a, 1, b'k', 0x12, 4, 0x0a, 2, b'a', b'b', 0x18, 5],
+            // ... the value with an unknown field 9 after its string.
+            vec![0x0a, 1, b'k', 0x12, 6, 0x0a, 2, b'a', b'b', 0x48, 1],
+            // ... the value set twice: the last wins.
+            vec![0x0a, 1, b'k', 0x12, 5, 0x0a, 1, b'a', 0x18, 7],
+            // value first, then key.
+            vec![0x12, 2, 0x18, 9, 0x0a, 1, b'k'],
+            // an integer of several bytes, then a bool: the last wins.
+            vec![0x0a, 1, b'k', 0x12, 5, 0x18, 0x80, 0x01, 0x10, 1],
+            // an integer of several bytes alone.
+            vec![0x0a, 1, b'k', 0x12, 3, 0x18, 0xac, 0x02],
+            // a key of 200 bytes (a two-byte length).
+            [&[0x0a, 0xc8, 0x01][..], &long, &[0x12, 2, 0x18, 1]].concat(),
+        ];
+        for bytes in cases {
+            let want: Kv = prost::Message::decode(&bytes[..]).expect("prost reads it");
+            let got = KeyValueView::read(&bytes).expect("the view reads it");
+            assert_eq!(got.key, &want.key[..], "{bytes:?}");
+            let got = match got.value {
+                None | Some(ValueView::Empty) => None,
+                Some(ValueView::String(s)) => {
+                    Some(V::StringValue(bytes::Bytes::copy_from_slice(s)))
+                }
+                Some(ValueView::Int(i)) => Some(V::IntValue(i)),
+                Some(ValueView::Bool(b)) => Some(V::BoolValue(b)),
+                Some(other) => panic!("not in these cases: {other:?}"),
+            };
+            assert_eq!(got, want.value.and_then(|v| v.value), "{bytes:?}");
+        }
+    }
+
     /// The checked-in code is what prost-build makes of the schema today.
     #[test]
     fn generated_code_is_current() {

@@ -135,6 +135,16 @@ impl<'a> Iterator for Occurrences<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
+        // The usual case: the field's one-byte tag and a one-byte length.
+        if let [tag, len, rest @ ..] = self.buf {
+            let n = usize::from(*len);
+            if *tag < 0x80 && u32::from(*tag) == self.field << 3 | 2 && n < 0x80 && rest.len() >= n
+            {
+                let (m, rest) = rest.split_at(n);
+                self.buf = rest;
+                return Some(m);
+            }
+        }
         while !self.buf.is_empty() {
             match key(&mut self.buf).ok()? {
                 (n, 2) if n == self.field => return len_delimited(&mut self.buf).ok(),
@@ -379,6 +389,22 @@ impl<'a> KeyValueView<'a> {
     /// When it is not well-formed (its value included).
     #[inline(always)]
     pub fn read(buf: &'a [u8]) -> Result<KeyValueView<'a>, WireError> {
+        // The usual encoding: the key, then the value and nothing after it,
+        // each with a one-byte length (the same result as the loop below).
+        if let [0x0a, kl, rest @ ..] = buf {
+            let kl = usize::from(*kl);
+            if kl < 0x80 && rest.len() >= kl {
+                let (key, rest) = rest.split_at(kl);
+                if let [0x12, vl, value @ ..] = rest {
+                    if *vl < 0x80 && usize::from(*vl) == value.len() {
+                        return Ok(KeyValueView {
+                            key,
+                            value: Some(ValueView::read(value, 0)?),
+                        });
+                    }
+                }
+            }
+        }
         let mut kv = KeyValueView {
             key: &[],
             value: None,
@@ -421,6 +447,22 @@ impl<'a> ValueView<'a> {
     pub fn read(buf: &'a [u8], depth: u32) -> Result<ValueView<'a>, WireError> {
         if depth > 100 {
             return Err(WireError("values nested too deep"));
+        }
+        // The usual values: a string with a one-byte length, or an integer
+        // (the same result as the loop below).
+        match buf {
+            [0x0a, n, s @ ..] if usize::from(*n) == s.len() && *n < 0x80 => {
+                return Ok(ValueView::String(s))
+            }
+            [0x18, rest @ ..] => {
+                let mut p = rest;
+                if let Ok(i) = varint(&mut p) {
+                    if p.is_empty() {
+                        return Ok(ValueView::Int(i as i64));
+                    }
+                }
+            }
+            _ => {}
         }
         let mut v = ValueView::Empty;
         let mut p = buf;
