@@ -599,6 +599,13 @@ impl<'a> SpanView<'a> {
                 (8, 1) => s.end_time_unix_nano = fixed64(&mut p)?,
                 (9, 2) => {
                     len_delimited(&mut p)?;
+                    // The attributes usually follow one another: skipped
+                    // here at once (a one-byte tag, 9 << 3 | 2), one stretch
+                    // for the region below.
+                    while let [0x4a, rest @ ..] = p {
+                        p = rest;
+                        len_delimited(&mut p)?;
+                    }
                 }
                 (11, 2) => check(
                     len_delimited(&mut p)?,
