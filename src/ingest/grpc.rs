@@ -107,16 +107,127 @@ impl UnaryService<Decoded> for ExportMethod {
     fn call(&mut self, request: tonic::Request<Decoded>) -> Self::Future {
         let pipeline = Arc::clone(&self.0);
         Box::pin(async move {
-            let raw = request.into_inner();
-            let view = RequestView::parse_framing(&raw)
-                .map_err(|e| Status::invalid_argument(format!("not an OTLP trace export: {e}")))?;
-            pipeline
-                .handle(Export::Wire(view, &raw))
+            export(&pipeline, request.into_inner())
                 .await
                 .map(tonic::Response::new)
-                .map_err(status)
         })
     }
+}
+
+/// Checks and takes one export request's message.
+async fn export(pipeline: &Pipeline, raw: Bytes) -> Result<ExportTraceServiceResponse, Status> {
+    let view = RequestView::parse_framing(&raw)
+        .map_err(|e| Status::invalid_argument(format!("not an OTLP trace export: {e}")))?;
+    pipeline
+        .handle(Export::Wire(view, &raw))
+        .await
+        .map_err(status)
+}
+
+/// A request body read whole by [`read_body`].
+enum Received {
+    /// One uncompressed message, sliced from what was received.
+    Message(Bytes),
+    /// Refused before it was all read (over the size limit, or cut off).
+    Refused(Status),
+    /// Anything else, handed whole to tonic to answer as gRPC does.
+    Other(Bytes),
+}
+
+/// Reads an uncompressed request's body. A message that came in one HTTP/2
+/// frame (a typical batch does: the frame size allowed is 1 MiB) is
+/// sliced from that frame, where tonic's reader would copy it into its own
+/// buffer; from several frames it is gathered once, into a buffer of the
+/// declared size. A declared length over `max_message` is refused as soon
+/// as it is read, and no more than that is read.
+async fn read_body<B>(body: B, max_message: usize) -> Received
+where
+    B: http_body::Body,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    use http_body_util::BodyExt;
+    let too_large = |n: usize| {
+        Status::invalid_argument(format!(
+            "message of {n} bytes is over the limit of {max_message} bytes"
+        ))
+    };
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Option<bytes::BytesMut> = None;
+    let mut total = 0usize;
+    let mut declared: Option<usize> = None;
+    while let Some(frame) = body.frame().await {
+        let mut data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            Err(e) => return Received::Refused(Status::from_error(e.into())),
+        };
+        let chunk = data.copy_to_bytes(data.remaining());
+        total = total.saturating_add(chunk.len());
+        match (&first, &mut gathered) {
+            (None, _) => first = Some(chunk),
+            (Some(f), None) => {
+                let want = declared.map_or(0, |n| n + 5).max(total);
+                let mut b = bytes::BytesMut::with_capacity(want);
+                b.extend_from_slice(f);
+                b.extend_from_slice(&chunk);
+                gathered = Some(b);
+            }
+            (Some(_), Some(b)) => b.extend_from_slice(&chunk),
+        }
+        if declared.is_none() {
+            let head = gathered.as_deref().or(first.as_deref()).unwrap_or_default();
+            if let Some(h) = head.first_chunk::<5>() {
+                let n = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+                if n > max_message {
+                    return Received::Refused(too_large(n));
+                }
+                declared = Some(n);
+            }
+        }
+        // No more than the largest message (and one frame) is ever held.
+        if total > max_message.saturating_add(5) {
+            return Received::Refused(too_large(total));
+        }
+    }
+    let all = match gathered {
+        Some(b) => b.freeze(),
+        None => first.unwrap_or_default(),
+    };
+    match (all.first(), declared) {
+        (Some(0), Some(n)) if all.len() == n + 5 => Received::Message(all.slice(5..)),
+        _ => Received::Other(all),
+    }
+}
+
+/// The answer to an export taken in place: the response message, then the
+/// `OK` status in the trailers (uncompressed: a client that offers gzip
+/// also takes identity).
+fn ok_response(resp: &ExportTraceServiceResponse) -> http::Response<tonic::body::Body> {
+    use http_body_util::BodyExt;
+    let msg = prost::Message::encode_to_vec(resp);
+    let mut framed = Vec::with_capacity(msg.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
+    framed.extend_from_slice(&msg);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let body = http_body_util::Full::new(Bytes::from(framed))
+        .map_err(|never: Infallible| match never {})
+        .with_trailers(std::future::ready(Some(Ok::<_, Status>(trailers))));
+    let mut r = http::Response::new(tonic::body::Body::new(body));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert(
+        "grpc-accept-encoding",
+        http::HeaderValue::from_static("gzip,zstd"),
+    );
+    r
 }
 
 impl<B> Service<http::Request<B>> for GrpcReceiver
@@ -146,7 +257,26 @@ where
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max_message);
-            Ok(grpc.unary(ExportMethod(pipeline), req).await)
+            let compressed = req
+                .headers()
+                .get("grpc-encoding")
+                .is_some_and(|e| e != "identity");
+            if compressed {
+                return Ok(grpc.unary(ExportMethod(pipeline), req).await);
+            }
+            // Uncompressed, the usual case: read in place.
+            let (parts, body) = req.into_parts();
+            Ok(match read_body(body, max_message).await {
+                Received::Message(raw) => match export(&pipeline, raw).await {
+                    Ok(resp) => ok_response(&resp),
+                    Err(s) => s.into_http(),
+                },
+                Received::Refused(s) => s.into_http(),
+                Received::Other(all) => {
+                    let req = http::Request::from_parts(parts, http_body_util::Full::new(all));
+                    grpc.unary(ExportMethod(pipeline), req).await
+                }
+            })
         })
     }
 }
@@ -178,4 +308,83 @@ pub fn too_large_is_not_retryable<B>(mut resp: axum::http::Response<B>) -> axum:
             .insert("grpc-status", axum::http::HeaderValue::from_static("3"));
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    use super::{read_body, Received};
+
+    /// `framed` cut at `cuts`, one HTTP/2 frame per piece.
+    fn body(
+        framed: &Bytes,
+        cuts: &[usize],
+    ) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>>> {
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain([&framed.len()]) {
+            pieces.push(Ok(Frame::data(framed.slice(at..c))));
+            at = c;
+        }
+        StreamBody::new(futures_util::stream::iter(pieces))
+    }
+
+    fn frame(flag: u8, msg: &[u8]) -> Bytes {
+        let len = u32::try_from(msg.len()).expect("small").to_be_bytes();
+        Bytes::from([&[flag][..], &len, msg].concat())
+    }
+
+    #[tokio::test]
+    async fn a_message_reads_whole_from_any_frames_and_in_place_from_one() {
+        let msg: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
+        let framed = frame(0, &msg);
+        for cuts in [
+            vec![],
+            vec![1],
+            vec![3],
+            vec![5],
+            vec![2, 4, 100],
+            vec![304],
+        ] {
+            match read_body(body(&framed, &cuts), 1000).await {
+                Received::Message(m) => {
+                    assert_eq!(&m[..], &msg[..], "cut at {cuts:?}");
+                    if cuts.is_empty() {
+                        // Sliced from the frame received, not copied.
+                        assert_eq!(m.as_ptr(), framed[5..].as_ptr());
+                    }
+                }
+                _ => panic!("cut at {cuts:?}: not read as one message"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn anything_but_one_plain_message_goes_to_tonic_whole_and_too_large_is_refused() {
+        let msg = vec![7u8; 300];
+        // Over the limit: refused as soon as the length is read, not retryable.
+        for cuts in [vec![], vec![2], vec![5, 6]] {
+            match read_body(body(&frame(0, &msg), &cuts), 299).await {
+                Received::Refused(s) => {
+                    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+                    assert!(s.message().contains("300 bytes"), "{}", s.message());
+                }
+                _ => panic!("cut at {cuts:?}: not refused"),
+            }
+        }
+        // Compressed flag, two messages, a message cut short, nothing: as received.
+        let two = Bytes::from([frame(0, &msg), frame(0, &msg)].concat());
+        let cut = frame(0, &msg).slice(..200);
+        for all in [frame(1, &msg), two, cut, Bytes::new()] {
+            match read_body(body(&all, &[]), 1000).await {
+                Received::Other(got) => assert_eq!(got, all),
+                _ => panic!("{} bytes: not handed on whole", all.len()),
+            }
+        }
+    }
 }
