@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use clap::{Args, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -41,8 +41,7 @@ use serde::Serialize;
 use tonic::codegen::http;
 use tonic::transport::{Channel, Endpoint};
 
-/// The gRPC method every export request calls.
-pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+use crate::ingest::grpc::{grpc_frame, EXPORT};
 
 /// Unix seconds of the first queued request of every run: 2027-01-15T08:00:00Z.
 pub const START_UNIX_S: i64 = 1_800_000_000;
@@ -451,15 +450,6 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     e.finish()
 }
 
-/// A gRPC length-prefixed message: compressed flag, u32 big-endian length, data.
-pub fn grpc_frame(data: &[u8], compressed: bool) -> Bytes {
-    let mut b = BytesMut::with_capacity(5 + data.len());
-    b.put_u8(u8::from(compressed));
-    b.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
-    b.put_slice(data);
-    b.freeze()
-}
-
 /// Builds the load of `spec` and serializes it once: protobuf, optionally
 /// gzip, and for gRPC the frame header.
 ///
@@ -858,7 +848,7 @@ impl Sender {
                 let ch = channels[worker % channels.len()].clone();
                 let mut b = http::Request::builder()
                     .method(http::Method::POST)
-                    .uri(EXPORT_PATH)
+                    .uri(EXPORT)
                     .header("content-type", "application/grpc")
                     .header("te", "trailers");
                 if *gzip {

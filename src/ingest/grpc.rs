@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use tonic::codec::{
     BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder,
@@ -34,7 +34,7 @@ fn status(r: Refusal) -> Status {
 }
 
 /// The path of OTLP's trace export method.
-const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+pub const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// A request's bytes, read in place ([`RequestView`]).
 type Decoded = Bytes;
@@ -202,19 +202,24 @@ where
     }
 }
 
+/// A gRPC length-prefixed message: compressed flag, u32 big-endian length, data.
+pub fn grpc_frame(data: &[u8], compressed: bool) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(5 + data.len());
+    b.put_u8(u8::from(compressed));
+    b.put_u32(u32::try_from(data.len()).unwrap_or(u32::MAX));
+    b.put_slice(data);
+    b.freeze()
+}
+
 /// The answer to an export taken in place: the response message, then the
 /// `OK` status in the trailers (uncompressed: a client that offers gzip
 /// also takes identity).
 fn ok_response(resp: &ExportTraceServiceResponse) -> http::Response<tonic::body::Body> {
     use http_body_util::BodyExt;
-    let msg = prost::Message::encode_to_vec(resp);
-    let mut framed = Vec::with_capacity(msg.len() + 5);
-    framed.push(0);
-    framed.extend_from_slice(&u32::try_from(msg.len()).unwrap_or(u32::MAX).to_be_bytes());
-    framed.extend_from_slice(&msg);
+    let framed = grpc_frame(&prost::Message::encode_to_vec(resp), false);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-    let body = http_body_util::Full::new(Bytes::from(framed))
+    let body = http_body_util::Full::new(framed)
         .map_err(|never: Infallible| match never {})
         .with_trailers(std::future::ready(Some(Ok::<_, Status>(trailers))));
     let mut r = http::Response::new(tonic::body::Body::new(body));
@@ -318,7 +323,7 @@ mod tests {
     use http_body_util::StreamBody;
     use hyper::body::Frame;
 
-    use super::{read_body, Received};
+    use super::{grpc_frame, read_body, Received};
 
     /// `framed` cut at `cuts`, one HTTP/2 frame per piece.
     fn body(
@@ -334,15 +339,10 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(pieces))
     }
 
-    fn frame(flag: u8, msg: &[u8]) -> Bytes {
-        let len = u32::try_from(msg.len()).expect("small").to_be_bytes();
-        Bytes::from([&[flag][..], &len, msg].concat())
-    }
-
     #[tokio::test]
     async fn a_message_reads_whole_from_any_frames_and_in_place_from_one() {
         let msg: Vec<u8> = (0..300u32).map(|i| (i % 251) as u8).collect();
-        let framed = frame(0, &msg);
+        let framed = grpc_frame(&msg, false);
         for cuts in [
             vec![],
             vec![1],
@@ -369,7 +369,7 @@ mod tests {
         let msg = vec![7u8; 300];
         // Over the limit: refused as soon as the length is read, not retryable.
         for cuts in [vec![], vec![2], vec![5, 6]] {
-            match read_body(body(&frame(0, &msg), &cuts), 299).await {
+            match read_body(body(&grpc_frame(&msg, false), &cuts), 299).await {
                 Received::Refused(s) => {
                     assert_eq!(s.code(), tonic::Code::InvalidArgument);
                     assert!(s.message().contains("300 bytes"), "{}", s.message());
@@ -378,9 +378,9 @@ mod tests {
             }
         }
         // Compressed flag, two messages, a message cut short, nothing: as received.
-        let two = Bytes::from([frame(0, &msg), frame(0, &msg)].concat());
-        let cut = frame(0, &msg).slice(..200);
-        for all in [frame(1, &msg), two, cut, Bytes::new()] {
+        let two = Bytes::from([grpc_frame(&msg, false), grpc_frame(&msg, false)].concat());
+        let cut = grpc_frame(&msg, false).slice(..200);
+        for all in [grpc_frame(&msg, true), two, cut, Bytes::new()] {
             match read_body(body(&all, &[]), 1000).await {
                 Received::Other(got) => assert_eq!(got, all),
                 _ => panic!("{} bytes: not handed on whole", all.len()),
