@@ -587,21 +587,14 @@ impl Engine {
                     self.apply_group(&mut run, batch.spans(g, &items), now, &mut out)
                 }
                 dashmap::try_result::TryResult::Absent => {
-                    let mut run = self.runs.entry(id.to_string()).or_insert_with(|| {
-                        self.live.fetch_add(1, Ordering::Relaxed);
-                        LiveRun::new(now.unix_ns, now.mono)
-                    });
+                    let mut run = self.run_entry(id, now);
                     self.apply_group(&mut run, batch.spans(g, &items), now, &mut out)
                 }
                 dashmap::try_result::TryResult::Locked => busy.push(g),
             }
         }
         for g in busy {
-            let id = batch.names[g];
-            let mut run = self.runs.entry(id.to_string()).or_insert_with(|| {
-                self.live.fetch_add(1, Ordering::Relaxed);
-                LiveRun::new(now.unix_ns, now.mono)
-            });
+            let mut run = self.run_entry(batch.names[g], now);
             self.apply_group(&mut run, batch.spans(g, &items), now, &mut out);
         }
         drop(batch);
@@ -621,6 +614,14 @@ impl Engine {
             .fetch_add(out.limited.len() as u64, Ordering::Relaxed);
         c.late_spans.fetch_add(out.late, Ordering::Relaxed);
         Ok(out)
+    }
+
+    /// Run `id`, locked; started (and counted live) if it is new.
+    fn run_entry(&self, id: &str, now: Now) -> dashmap::mapref::one::RefMut<'_, String, LiveRun> {
+        self.runs.entry(id.to_string()).or_insert_with(|| {
+            self.live.fetch_add(1, Ordering::Relaxed);
+            LiveRun::new(now.unix_ns, now.mono)
+        })
     }
 
     /// Joins one run's spans of a batch, in their order.
