@@ -1,5 +1,6 @@
 //! The `tpsgap` binary: parses the command line and calls the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -101,10 +102,15 @@ async fn serve_main(args: ServeArgs) -> anyhow::Result<()> {
         http: bind(args.http_listen).await?,
         api: bind(args.api_listen).await?,
     };
+    // The bound addresses, so that port 0 tells which port was chosen.
+    let local = |l: &tokio::net::TcpListener| {
+        l.local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string())
+    };
     tracing::info!(
-        grpc = %args.grpc_listen,
-        http = %args.http_listen,
-        api = %args.api_listen,
+        grpc = %local(&listeners.grpc),
+        http = %local(&listeners.http),
+        api = %local(&listeners.api),
         otlp_endpoint = ?args.otlp_endpoint,
         "tpsgap serving: OTLP/gRPC, OTLP/HTTP, API (/metrics, /api/v1/runs)"
     );
@@ -148,6 +154,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     apply_config_file()?;
     let cli = Cli::parse();

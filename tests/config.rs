@@ -4,19 +4,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::{final_run, free_port, http_get, http_post, root, wait_for};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{final_run, free_port, http_get, http_post, root, ServeProc};
 
 #[test]
 fn flags_env_and_file_in_that_order() {
@@ -31,7 +21,7 @@ fn flags_env_and_file_in_that_order() {
         ),
     )
     .expect("write");
-    let _p = Proc(
+    let p = ServeProc::spawn(
         Command::new(env!("CARGO_BIN_EXE_tpsgap"))
             .args(["serve", "--config"])
             .arg(&cfg)
@@ -42,19 +32,15 @@ fn flags_env_and_file_in_that_order() {
                 "10s",
             ])
             .env("TPSGAP_API_LISTEN", format!("127.0.0.1:{env_api}"))
-            .env("TPSGAP_STEP", "5s")
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start"),
+            .env("TPSGAP_STEP", "5s"),
     );
     let api: SocketAddr = format!("127.0.0.1:{env_api}").parse().expect("addr");
-    assert!(
-        wait_for(Duration::from_secs(20), || (http_get(api, "/healthz").0
-            == 200)
-            .then_some(()))
-        .is_some(),
+    assert_eq!(
+        p.api, api,
         "the environment's API address wins over the file's"
     );
+    assert_eq!(p.grpc.port(), grpc, "the flag's gRPC address");
+    assert_eq!(p.http.port(), http, "the file's HTTP address");
     let other: SocketAddr = format!("127.0.0.1:{file_api}").parse().expect("addr");
     assert_eq!(
         http_get(other, "/healthz").0,
@@ -62,9 +48,8 @@ fn flags_env_and_file_in_that_order() {
         "nothing listens on the file's address"
     );
     let body = std::fs::read(root().join("examples/small.jsonl")).expect("example");
-    let http_addr: SocketAddr = format!("127.0.0.1:{http}").parse().expect("addr");
     let (code, _, _) = http_post(
-        http_addr,
+        p.http,
         "/v1/traces",
         &[("Content-Type", "application/json")],
         &body,

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{free_port, http_get, root, wait_for};
+use common::{http_get, root, wait_for, ServeProc};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -53,14 +52,6 @@ impl TraceService for Sink {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         self.traces.lock().expect("lock").push(r.into_inner());
         Ok(Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
     }
 }
 
@@ -118,28 +109,20 @@ async fn metrics_and_gap_spans_reach_the_sink_and_sigterm_flushes() {
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
     tokio::spawn(server);
 
-    let (grpc, http, api) = (free_port(), free_port(), free_port());
-    let api_addr: SocketAddr = format!("127.0.0.1:{api}").parse().expect("addr");
-    let child = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-        .args(["serve", "--window", "5s", "--step", "5s"])
-        .args(["--grpc-listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-listen", &format!("127.0.0.1:{http}")])
-        .args(["--api-listen", &format!("127.0.0.1:{api}")])
-        .args(["--otlp-endpoint", &format!("http://{sink_addr}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tpsgap serve");
-    let mut child = Proc(child);
-    let up = tokio::task::spawn_blocking(move || {
-        wait_for(Duration::from_secs(20), || {
-            (http_get(api_addr, "/healthz").0 == 200).then_some(())
-        })
-    })
-    .await
-    .expect("join");
-    assert!(up.is_some(), "tpsgap did not come up");
+    let sink_endpoint = format!("http://{sink_addr}");
+    let tpsgap = tokio::task::block_in_place(|| {
+        ServeProc::start([
+            "--window",
+            "5s",
+            "--step",
+            "5s",
+            "--otlp-endpoint",
+            &sink_endpoint,
+        ])
+    });
+    let (grpc, api_addr) = (tpsgap.grpc, tpsgap.api);
 
-    let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{grpc}"))
+    let mut client = TraceServiceClient::connect(format!("http://{grpc}"))
         .await
         .expect("connect")
         .send_compressed(tonic::codec::CompressionEncoding::Gzip);
@@ -162,26 +145,18 @@ async fn metrics_and_gap_spans_reach_the_sink_and_sigterm_flushes() {
     assert_eq!(live["totals"]["gap_seconds"], 2.0);
     assert!(sink.metrics.lock().expect("lock").is_empty());
 
-    let pid = child.0.id().to_string();
+    let pid = tpsgap.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .expect("kill")
         .success());
-    let status = tokio::task::spawn_blocking(move || {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(s) = child.0.try_wait().expect("wait") {
-                return Some(s);
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    let mut tpsgap = tpsgap;
+    let status = tokio::task::block_in_place(|| {
+        wait_for(Duration::from_secs(20), || {
+            tpsgap.child.try_wait().expect("wait")
+        })
     })
-    .await
-    .expect("join")
     .expect("tpsgap exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
 

@@ -6,10 +6,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use common::{assert_same, final_run, free_port, http_get, http_post, root, wait_for};
+use common::{assert_same, final_run, http_get, http_post, root, ServeProc};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value::Value as AnyV, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans};
@@ -20,15 +19,6 @@ const INPUTS: [&str; 3] = [
     "tests/fixtures/multispan.jsonl",
     "tests/fixtures/two_runs.jsonl",
 ];
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn run_of(attrs: &[KeyValue]) -> Option<String> {
     ["run_id", "run.id"].iter().find_map(|k| {
@@ -111,54 +101,22 @@ fn metric(api: SocketAddr, name: &str) -> f64 {
 
 #[test]
 fn runs_split_across_two_instances_equal_one_analyze() {
-    let mut procs = Vec::new();
-    let mut apis = Vec::new();
-    let mut https = Vec::new();
-    for _ in 0..2 {
-        let (g, h, a) = (free_port(), free_port(), free_port());
-        procs.push(Proc(
-            Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-                .args([
-                    "serve",
-                    "--window",
-                    "10s",
-                    "--step",
-                    "10s",
-                    "--lateness",
-                    "1h",
-                    "--run-idle-timeout",
-                    "1s",
-                ])
-                .args([
-                    "--grpc-listen",
-                    &format!("127.0.0.1:{g}"),
-                    "--http-listen",
-                    &format!("127.0.0.1:{h}"),
-                ])
-                .args(["--api-listen", &format!("127.0.0.1:{a}")])
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start tpsgap serve"),
-        ));
-        apis.push(
-            format!("127.0.0.1:{a}")
-                .parse::<SocketAddr>()
-                .expect("addr"),
-        );
-        https.push(
-            format!("127.0.0.1:{h}")
-                .parse::<SocketAddr>()
-                .expect("addr"),
-        );
-    }
-    for api in &apis {
-        assert!(
-            wait_for(Duration::from_secs(20), || (http_get(*api, "/healthz").0
-                == 200)
-                .then_some(()))
-            .is_some()
-        );
-    }
+    let servers: Vec<ServeProc> = (0..2)
+        .map(|_| {
+            ServeProc::start([
+                "--window",
+                "10s",
+                "--step",
+                "10s",
+                "--lateness",
+                "1h",
+                "--run-idle-timeout",
+                "1s",
+            ])
+        })
+        .collect();
+    let apis: Vec<SocketAddr> = servers.iter().map(|s| s.api).collect();
+    let https: Vec<SocketAddr> = servers.iter().map(|s| s.http).collect();
     let mut owner = std::collections::BTreeMap::new();
     for f in INPUTS {
         for line in std::fs::read_to_string(root().join(f))

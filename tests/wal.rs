@@ -7,10 +7,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{assert_same, final_run, free_port, http_get, wait_for};
+use common::{assert_same, final_run, http_get, ServeProc};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use serde_json::Value;
@@ -21,46 +21,24 @@ use tpsgap::window::WindowConfig;
 
 const SEC: i64 = 1_000_000_000;
 
-struct Server {
-    child: Child,
-    grpc: SocketAddr,
-    api: SocketAddr,
-}
-
-fn start(dir: &Path, ports: (u16, u16, u16), checkpoint: &str) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-        .args([
-            "serve",
-            "--window",
-            "5s",
-            "--step",
-            "5s",
-            "--lateness",
-            "1h",
-            "--run-idle-timeout",
-            "3s",
-        ])
-        .args(["--checkpoint-interval", checkpoint])
-        .arg("--wal-dir")
-        .arg(dir)
-        .args(["--grpc-listen", &format!("127.0.0.1:{}", ports.0)])
-        .args(["--http-listen", &format!("127.0.0.1:{}", ports.1)])
-        .args(["--api-listen", &format!("127.0.0.1:{}", ports.2)])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tpsgap serve");
-    let api: SocketAddr = format!("127.0.0.1:{}", ports.2).parse().expect("addr");
-    assert!(
-        wait_for(Duration::from_secs(20), || (http_get(api, "/healthz").0
-            == 200)
-            .then_some(()))
-        .is_some()
-    );
-    Server {
-        child,
-        grpc: format!("127.0.0.1:{}", ports.0).parse().expect("addr"),
-        api,
-    }
+fn start(dir: &Path, checkpoint: &str) -> ServeProc {
+    let mut args: Vec<std::ffi::OsString> = [
+        "--window",
+        "5s",
+        "--step",
+        "5s",
+        "--lateness",
+        "1h",
+        "--run-idle-timeout",
+        "3s",
+        "--checkpoint-interval",
+        checkpoint,
+        "--wal-dir",
+    ]
+    .map(Into::into)
+    .into();
+    args.push(dir.into());
+    tokio::task::block_in_place(|| ServeProc::start(args))
 }
 
 async fn send(grpc: SocketAddr, reqs: &[ExportTraceServiceRequest]) {
@@ -103,20 +81,13 @@ fn wal_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
-fn ports() -> (u16, u16, u16) {
-    (free_port(), free_port(), free_port())
-}
-
-async fn finish(s: Server, run: &str, want: &Value) {
+async fn finish(s: ServeProc, run: &str, want: &Value) {
     let api = s.api;
     let id = run.to_string();
     let got = tokio::task::spawn_blocking(move || final_run(api, &id))
         .await
         .expect("final");
     assert_same(&got, want);
-    let mut child = s.child;
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,13 +98,12 @@ async fn sigkill_mid_stream_then_restart_gives_the_uninterrupted_report() {
         "the stream has a gap"
     );
     let dir = wal_dir("kill");
-    let p = ports();
-    let mut s = start(&dir, p, "1h");
+    let mut s = start(&dir, "1h");
     let half = reqs.len() / 2;
     send(s.grpc, &reqs[..half]).await;
     s.child.kill().expect("SIGKILL");
     s.child.wait().expect("reaped");
-    let s = start(&dir, p, "1h");
+    let s = start(&dir, "1h");
     send(s.grpc, &reqs[half..]).await;
     finish(s, "crash", &want).await;
     std::fs::remove_dir_all(&dir).ok();
@@ -143,8 +113,7 @@ async fn sigkill_mid_stream_then_restart_gives_the_uninterrupted_report() {
 async fn sigterm_checkpoints_and_a_restart_resumes_the_run() {
     let (reqs, want) = stream("term");
     let dir = wal_dir("term");
-    let p = ports();
-    let mut s = start(&dir, p, "1h");
+    let mut s = start(&dir, "1h");
     let third = reqs.len() / 3;
     send(s.grpc, &reqs[..third]).await;
     let pid = s.child.id().to_string();
@@ -166,7 +135,7 @@ async fn sigterm_checkpoints_and_a_restart_resumes_the_run() {
         .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
         .sum();
     assert_eq!(logged, 0, "the checkpoint truncated the log");
-    let s = start(&dir, p, "1h");
+    let s = start(&dir, "1h");
     // The run is still live after the restart.
     let (code, body) = http_get(s.api, "/api/v1/runs/term");
     assert_eq!(code, 200);
@@ -180,8 +149,7 @@ async fn sigterm_checkpoints_and_a_restart_resumes_the_run() {
 async fn periodic_checkpoint_then_sigkill_recovers_checkpoint_and_log_tail() {
     let (reqs, want) = stream("tail");
     let dir = wal_dir("tail");
-    let p = ports();
-    let mut s = start(&dir, p, "1s");
+    let mut s = start(&dir, "1s");
     let third = reqs.len() / 3;
     send(s.grpc, &reqs[..third]).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -192,7 +160,7 @@ async fn periodic_checkpoint_then_sigkill_recovers_checkpoint_and_log_tail() {
     send(s.grpc, &reqs[third..2 * third]).await;
     s.child.kill().expect("SIGKILL");
     s.child.wait().expect("reaped");
-    let s = start(&dir, p, "1s");
+    let s = start(&dir, "1s");
     send(s.grpc, &reqs[2 * third..]).await;
     finish(s, "tail", &want).await;
     std::fs::remove_dir_all(&dir).ok();

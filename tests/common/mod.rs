@@ -1,9 +1,12 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
-use std::io::{Read, Write};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -125,7 +128,8 @@ pub fn final_run(api: SocketAddr, id: &str) -> Value {
     v
 }
 
-/// A free loopback port (for the real binary, which binds by address).
+/// A free loopback port, for a program that cannot report the port it
+/// chose (Prometheus; tpsgap's own configured addresses).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -274,5 +278,89 @@ pub fn example_config() -> tpsgap::serve::ServeConfig {
         },
         tick: Duration::from_millis(50),
         ..Default::default()
+    }
+}
+
+/// `tpsgap serve` as a child process, killed on drop. Its addresses are read
+/// from the "tpsgap serving" line it logs once bound, so a server on port 0
+/// never races another program for a port.
+pub struct ServeProc {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl ServeProc {
+    /// `tpsgap serve ARGS` on loopback ports of its own choosing.
+    pub fn start<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> ServeProc {
+        ServeProc::spawn(
+            Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+                .arg("serve")
+                .args(args)
+                .args(["--grpc-listen", "127.0.0.1:0"])
+                .args(["--http-listen", "127.0.0.1:0"])
+                .args(["--api-listen", "127.0.0.1:0"]),
+        )
+    }
+
+    /// Runs `cmd` (a `tpsgap serve`) and waits until its `/healthz` answers.
+    pub fn spawn(cmd: &mut Command) -> ServeProc {
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tpsgap serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("tpsgap serving") {
+                    let _ = tx.send(line.clone());
+                }
+                let mut log = sink.lock().expect("log");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut proc = ServeProc {
+            child,
+            grpc: ([0, 0, 0, 0], 0).into(),
+            http: ([0, 0, 0, 0], 0).into(),
+            api: ([0, 0, 0, 0], 0).into(),
+            log,
+        };
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("tpsgap serve did not start:\n{}", proc.log()));
+        let addr = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        };
+        (proc.grpc, proc.http, proc.api) = (addr("grpc"), addr("http"), addr("api"));
+        let api = proc.api;
+        let up = wait_for(Duration::from_secs(20), || {
+            (http_get(api, "/healthz").0 == 200).then_some(())
+        });
+        assert!(up.is_some(), "no /healthz on {api}:\n{}", proc.log());
+        proc
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Drop for ServeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
