@@ -14,7 +14,7 @@ use crate::extract::Extracted;
 use crate::model::{CapObservation, Nanos, Observation, Request, RequestKey, Stamp, NONE};
 use crate::report::{Report, RunReport};
 use crate::window::{
-    compute_run, report_at_end, CapPoint, Drawing, Profile, TimelinePoint, WindowConfig,
+    compute_run, report_at_end, CapPoint, Drawing, Profile, Segment, TimelinePoint, WindowConfig,
 };
 
 /// A fast hasher for maps whose keys are already hashes or short ids.
@@ -217,7 +217,7 @@ impl RunState {
         &self,
         run_id: &str,
         cfg: &WindowConfig,
-        swept: Option<&Profile>,
+        swept: Option<(&[Segment], bool)>,
         columns: usize,
     ) -> (RunReport, Drawing) {
         report_at_end(

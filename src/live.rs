@@ -20,7 +20,8 @@ use crate::model::{duration_secs, Cause, Nanos, Observation, Request, SpanRef, S
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
     in_flight_interval, queued_interval, window_reports, windows_containing, windows_overlapping,
-    Counts, Derived, Drawing, Ev, GapInterval, Profile, SweepState, TimelinePoint, WindowConfig,
+    Counts, Derived, Drawing, Ev, GapInterval, Ledger, Segment, SweepState, TimelinePoint,
+    WindowConfig,
 };
 
 /// The moment of a call: a monotonic instant for timeouts and the Unix time
@@ -157,9 +158,7 @@ struct LiveRun {
     sweep: Option<SweepState>,
     /// The swept timeline from the frontier (the start of the first window
     /// or step slice not final) to where the sweep stopped.
-    profile: Option<Profile>,
-    /// A gap in progress at the frontier, measured up to it.
-    open_gap: Option<GapInterval>,
+    ledger: Option<Ledger>,
 }
 
 /// Bits of [`Request::swept`]: the sweep events already swept past.
@@ -395,8 +394,7 @@ impl LiveRun {
             windows: Vec::new(),
             late_spans: 0,
             sweep: None,
-            profile: None,
-            open_gap: None,
+            ledger: None,
         }
     }
 }
@@ -702,7 +700,7 @@ impl Engine {
                 };
                 let wm = max.saturating_sub(self.cfg.lateness);
                 if self.has_new_final(&run, wm) {
-                    let out = self.advance(&id, &mut run, Some(wm));
+                    let out = self.advance(&id, &mut run, Some(wm), None);
                     drop(run);
                     if !out.is_empty() {
                         each(out);
@@ -729,12 +727,12 @@ impl Engine {
     /// (without windows: the run has them) and timeline.
     fn end_run(&self, id: &str, run: &mut LiveRun) -> (RunOutput, RunReport, Drawing) {
         // A run never finalized before is swept once here, over its whole
-        // range, so its report needs no second sweep. A profile appended
-        // over several finalizations is not taken: its float sums are
-        // grouped differently from one sweep's.
+        // range, and its report is made from the same pieces.
         let fresh = run.sweep.is_none();
-        let out = self.advance(id, run, None);
-        let swept = if fresh { run.profile.as_ref() } else { None };
+        let mut pieces = Vec::new();
+        let out = self.advance(id, run, None, fresh.then_some(&mut pieces));
+        let has_cap = run.ledger.as_ref().is_some_and(|l| l.has_cap);
+        let swept = fresh.then_some((&pieces[..], has_cap));
         let (report, drawing) =
             run.join
                 .report_at_end(id, &self.cfg.window, swept, TIMELINE_COLUMNS);
@@ -748,7 +746,13 @@ impl Engine {
     /// where the last call left the sweep line, and retires the requests
     /// that end before the new frontier; so its cost follows the requests of
     /// the last window and the lateness, not the length of the run.
-    fn advance(&self, id: &str, run: &mut LiveRun, wm: Option<Nanos>) -> RunOutput {
+    fn advance(
+        &self,
+        id: &str,
+        run: &mut LiveRun,
+        wm: Option<Nanos>,
+        mut pieces: Option<&mut Vec<Segment>>,
+    ) -> RunOutput {
         let w = self.cfg.window;
         let mut out = RunOutput {
             run_id: id.to_string(),
@@ -821,42 +825,30 @@ impl Engine {
                         )
                     }),
             );
-            let (part, state) = Profile::resume(init, events, until, &w);
+            let ledger = run.ledger.get_or_insert_with(Ledger::default);
+            let state = ledger.extend(init, events, until, &w, |s| {
+                if let Some(p) = pieces.as_mut() {
+                    p.push(*s);
+                }
+            });
             for &(_, i, bit) in &marks {
                 reqs[i as usize].swept |= bit;
-            }
-            match &mut run.profile {
-                Some(p) => p.append(part),
-                None => run.profile = Some(part),
             }
             run.sweep = Some(state);
         } else {
             run.sweep = Some(init);
         }
-        let Some(p) = run.profile.as_mut() else {
+        let Some(p) = run.ledger.as_mut() else {
             return out;
         };
         // The requests still open, in no particular order.
         let open_reqs: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
 
-        // Gaps: the one carried over the frontier continues here.
-        let mut gaps = p.gaps();
-        if let Some(g) = run.open_gap.take() {
-            match gaps.first_mut() {
-                Some(first) if first.start == p.start => {
-                    first.start = g.start;
-                    first.max_queue_depth = first.max_queue_depth.max(g.max_queue_depth);
-                    for c in 0..3 {
-                        first.by_cause[c] += g.by_cause[c];
-                    }
-                }
-                _ => gaps.insert(0, g),
-            }
-        }
+        let gaps = p.gaps();
         // Exemplars come from the requests waiting in a gap.
-        let queued = Queued::of(&open_reqs, &gaps, run_end);
+        let queued = Queued::of(&open_reqs, gaps, run_end);
         if from <= to {
-            let reports = window_reports(p, &open_reqs, from, to, &w);
+            let reports = window_reports(|a, b, c| p.stats(a, b, c), &open_reqs, from, to, &w);
             let longest = longest_in_flight(&open_reqs, from, to, &w, run_end);
             out.windows.reserve_exact(reports.len());
             for ((k, rep), longest) in (from..=to).zip(reports).zip(longest) {
@@ -864,7 +856,7 @@ impl Engine {
                 out.windows.push(FinalWindow {
                     start: ws,
                     end: we,
-                    exemplars: window_exemplars(&queued, &gaps, ws, we, longest),
+                    exemplars: window_exemplars(&queued, gaps, ws, we, longest),
                     report: rep,
                 });
             }
@@ -915,15 +907,8 @@ impl Engine {
         }
         drop((open_reqs, queued));
         if wm.is_some() {
-            // The gap in progress at the new frontier, measured up to it;
-            // the timeline before the frontier is no longer needed.
-            run.open_gap = gaps
-                .iter()
-                .find(|g| {
-                    g.start < frontier
-                        && (g.end > frontier || (g.end == frontier && Some(g.end) == open_end))
-                })
-                .map(|g| p.gap_until(g, frontier));
+            // The timeline before the frontier is no longer needed (but
+            // for a gap still going on there).
             p.drop_before(frontier);
         }
         // Released before the counted slices end, each once; in release

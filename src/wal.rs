@@ -30,8 +30,18 @@ pub struct Recovery {
     pub torn: u64,
 }
 
+/// The layout of the engine's state in `checkpoint.json`, raised when it
+/// changes shape (a checkpoint without it is format 1).
+const CHECKPOINT_FORMAT: u32 = 2;
+
+fn format_1() -> u32 {
+    1
+}
+
 #[derive(Serialize, Deserialize)]
 struct Checkpoint {
+    #[serde(default = "format_1")]
+    format: u32,
     /// The snapshot includes every segment numbered up to this.
     covers: u64,
     engine: EngineSnapshot,
@@ -114,12 +124,21 @@ impl Wal {
         let cp_path = dir.join("checkpoint.json");
         let (covers, snapshot) = match File::open(&cp_path) {
             Ok(f) => {
-                let cp: Checkpoint = serde_json::from_reader(BufReader::new(f)).map_err(|e| {
+                let invalid = |e: String| {
                     io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("{}: {e}", cp_path.display()),
                     )
-                })?;
+                };
+                let cp: Checkpoint = serde_json::from_reader(BufReader::new(f))
+                    .map_err(|e| invalid(e.to_string()))?;
+                if cp.format != CHECKPOINT_FORMAT {
+                    return Err(invalid(format!(
+                        "checkpoint format {}, this tpsgap reads format {CHECKPOINT_FORMAT}: \
+                         finish its runs with the tpsgap that wrote it, or move the directory away",
+                        cp.format
+                    )));
+                }
                 (Some(cp.covers), Some(cp.engine))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (None, None),
@@ -190,6 +209,7 @@ impl Wal {
             .await
             .map_err(|_| io::Error::other("write-ahead log stopped"))??;
         let cp = Checkpoint {
+            format: CHECKPOINT_FORMAT,
             covers,
             engine: snapshot(),
         };
@@ -299,6 +319,28 @@ mod tests {
         let (_, rec) = Wal::open(&dir).unwrap();
         assert!(rec.snapshot.is_some());
         assert_eq!(rec.records, vec![vec![8u8; 10]]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_checkpoint_of_another_format_is_refused_with_its_format() {
+        let dir = std::env::temp_dir().join(format!("tpsgap-wal-format-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // As the first format wrote it: no `format` field.
+        let empty = serde_json::to_string(&EngineSnapshot::empty()).unwrap();
+        std::fs::write(
+            dir.join("checkpoint.json"),
+            format!("{{\"covers\":0,\"engine\":{empty}}}"),
+        )
+        .unwrap();
+        let err = Wal::open(&dir).err().expect("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            err.to_string()
+                .contains("checkpoint format 1, this tpsgap reads format 2"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

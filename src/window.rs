@@ -107,20 +107,6 @@ impl Acc {
         }
     }
 
-    fn plus(&self, o: &Acc) -> Acc {
-        Acc {
-            backlog: self.backlog + o.backlog,
-            gap: [
-                self.gap[0] + o.gap[0],
-                self.gap[1] + o.gap[1],
-                self.gap[2] + o.gap[2],
-            ],
-            in_flight: self.in_flight + o.in_flight,
-            queue: self.queue + o.queue,
-            util: self.util + o.util,
-        }
-    }
-
     fn minus(&self, o: &Acc) -> Acc {
         Acc {
             backlog: self.backlog - o.backlog,
@@ -143,13 +129,9 @@ pub struct Profile {
     /// Active range `[start, end)`.
     pub start: Nanos,
     pub end: Nanos,
-    /// The pieces from `first` on (those before it were dropped: see
-    /// [`Profile::drop_before`]).
     segments: Vec<Segment>,
     /// `cum[i + 1] - cum[i]` integrates over `segments[i]`.
     cum: Vec<Acc>,
-    #[serde(default)]
-    first: usize,
     /// Whether any cap (observed or default) applies.
     pub has_cap: bool,
 }
@@ -174,7 +156,7 @@ pub enum Ev {
 
 /// The sweep line's state at an instant, after every event before it: what
 /// a live run carries from one finalization to the next, so that each one
-/// sweeps only the requests that are still open ([`Profile::resume`]).
+/// sweeps only the requests that are still open ([`Ledger::extend`]).
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SweepState {
     pub at: Nanos,
@@ -254,24 +236,6 @@ impl Profile {
         Profile::of_segments(start, end, segments, state.has_cap)
     }
 
-    /// Continues a sweep from `init` (its state at `init.at`) over
-    /// `[init.at, end)` with `events` (none before `init.at`; events at
-    /// `end` or later are ignored), and returns the state at `end`: after
-    /// every event before it.
-    pub fn resume(
-        init: SweepState,
-        events: Vec<(Nanos, Ev)>,
-        end: Nanos,
-        cfg: &WindowConfig,
-    ) -> (Profile, SweepState) {
-        let start = init.at;
-        let (segments, state) = sweep(init, events, end, cfg);
-        (
-            Profile::of_segments(start, end, segments, state.has_cap),
-            state,
-        )
-    }
-
     /// A profile of `[start, end)` from its pieces: their prefix integrals.
     fn of_segments(start: Nanos, end: Nanos, segments: Vec<Segment>, has_cap: bool) -> Profile {
         let mut cum = Vec::with_capacity(segments.len() + 1);
@@ -282,7 +246,6 @@ impl Profile {
             end,
             segments,
             cum,
-            first: 0,
             has_cap,
         }
     }
@@ -336,17 +299,22 @@ fn sweep_all(
                 )
             }),
     );
-    sweep(init, events, end, cfg)
+    let mut segments = Vec::with_capacity(events.len() + 1);
+    let state = sweep(init, events, end, cfg, |s| segments.push(s));
+    (segments, state)
 }
 
-/// The pieces of a sweep from `init` over `[init.at, end)` (see
-/// [`Profile::resume`]), and the state at `end`.
+/// A sweep from `init` over `[init.at, end)` with `events` (none before
+/// `init.at`; those at `end` or later are ignored): hands each piece, in
+/// time order, to `piece`, and returns the state at `end`, after every event
+/// before it.
 fn sweep(
     init: SweepState,
     mut events: Vec<(Nanos, Ev)>,
     end: Nanos,
     cfg: &WindowConfig,
-) -> (Vec<Segment>, SweepState) {
+    mut piece: impl FnMut(Segment),
+) -> SweepState {
     // By time only: at one instant the counts commute, and of the caps
     // the last received (`Ev::Cap::order`) wins below.
     events.sort_unstable_by_key(|e| e.0);
@@ -355,7 +323,6 @@ fn sweep(
     let mut cap = init.cap;
     let (mut q, mut f) = (init.queue_depth, init.in_flight);
     let mut pending = init.pending;
-    let mut segments = Vec::with_capacity(events.len() + 1);
     let mut i = 0;
     let mut t = start;
     while t < end {
@@ -407,22 +374,22 @@ fn sweep(
         };
         let in_gap = cap.is_some_and(|c| q > 0 && f < i64::from(c));
         match (in_gap, pending.front()) {
-            (false, _) => segments.push(seg),
-            (true, None) => segments.push(Segment {
+            (false, _) => piece(seg),
+            (true, None) => piece(Segment {
                 gap: Some(Cause::UnderCap),
                 ..seg
             }),
             (true, Some(&slot)) => {
                 let stall_from = slot.saturating_add(cfg.refill_threshold);
                 if stall_from > t {
-                    segments.push(Segment {
+                    piece(Segment {
                         end: stall_from.min(next),
                         gap: Some(Cause::Refill),
                         ..seg
                     });
                 }
                 if stall_from < next {
-                    segments.push(Segment {
+                    piece(Segment {
                         start: stall_from.max(t),
                         gap: Some(Cause::Stall),
                         ..seg
@@ -432,34 +399,32 @@ fn sweep(
         }
         t = next;
     }
-    let state = SweepState {
+    SweepState {
         at: end,
         queue_depth: q,
         in_flight: f,
         pending,
         cap,
         has_cap,
-    };
-    (segments, state)
+    }
 }
 
 impl Profile {
     /// The pieces of the timeline, in time order.
     pub fn segments(&self) -> &[Segment] {
-        &self.segments[self.first..]
+        &self.segments
     }
 
     /// Integral up to `t` (clamped to the active range), from a base that
     /// differences cancel.
     fn integral(&self, t: Nanos) -> Acc {
         let t = t.clamp(self.start, self.end);
-        let segs = self.segments();
-        let i = segs.partition_point(|s| s.start <= t);
+        let i = self.segments.partition_point(|s| s.start <= t);
         if i == 0 {
-            return self.cum.get(self.first).copied().unwrap_or_default();
+            return Acc::default();
         }
-        let s = &segs[i - 1];
-        self.cum[self.first + i - 1].add_scaled(&s.rates(), t.min(s.end) - s.start)
+        let s = &self.segments[i - 1];
+        self.cum[i - 1].add_scaled(&s.rates(), t.min(s.end) - s.start)
     }
 
     /// The time-based metrics over `[lo, hi)` ∩ active range, combined with
@@ -513,84 +478,151 @@ impl Profile {
 /// The maximal intervals of the gap set of `segments`, each with its
 /// dominant cause.
 fn gaps_of(segments: &[Segment]) -> Vec<GapInterval> {
-    let mut out: Vec<GapInterval> = Vec::new();
-    let mut open = false;
+    let mut out = Vec::new();
     for s in segments {
-        let Some(cause) = s.gap else {
-            open = false;
-            continue;
-        };
-        if !open {
-            out.push(GapInterval {
+        add_gap_piece(&mut out, s);
+    }
+    out
+}
+
+/// Adds piece `s`, the one after the last piece added, to `gaps` if it is in
+/// the gap set: it extends the last gap if that ends where `s` starts (the
+/// piece before was in the gap set; pieces are never empty).
+fn add_gap_piece(gaps: &mut Vec<GapInterval>, s: &Segment) {
+    let Some(cause) = s.gap else {
+        return;
+    };
+    let g = match gaps.last_mut() {
+        Some(g) if g.end == s.start => g,
+        _ => {
+            gaps.push(GapInterval {
                 start: s.start,
                 end: s.start,
                 max_queue_depth: 0,
                 by_cause: [0; 3],
             });
-            open = true;
+            let last = gaps.len() - 1;
+            &mut gaps[last]
         }
-        if let Some(g) = out.last_mut() {
-            g.end = s.end;
-            g.max_queue_depth = g.max_queue_depth.max(s.queue_depth);
-            g.by_cause[cause as usize] += s.end - s.start;
-        }
-    }
-    out
+    };
+    g.end = s.end;
+    g.max_queue_depth = g.max_queue_depth.max(s.queue_depth);
+    g.by_cause[cause as usize] += s.end - s.start;
 }
 
-impl Profile {
-    /// Appends `next`, a profile that starts where this one ends.
-    pub fn append(&mut self, next: Profile) {
-        let base = self.cum.last().copied().unwrap_or_default();
-        // Zero for a profile fresh from a sweep (then the sums are exact).
-        let from = next.cum.get(next.first).copied().unwrap_or_default();
-        self.segments.extend_from_slice(next.segments());
-        self.cum.extend(
-            next.cum[next.first..]
-                .iter()
-                .skip(1)
-                .map(|a| base.plus(&a.minus(&from))),
-        );
-        self.end = next.end;
-        self.has_cap |= next.has_cap;
+/// What a live run keeps of its swept timeline `[start, end)`: the running
+/// integral at `start`, at every window or step-slice bound inside it
+/// (`k·S` and `k·S + W`) and at `end`, and its gaps. The windows and slices
+/// that become final are bounded by those instants (or by the run's start
+/// and end), so their stats need nothing between them, and the pieces of
+/// the sweep (one or two per event) are not kept.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Ledger {
+    pub start: Nanos,
+    pub end: Nanos,
+    /// `(t, integral up to t)`, `t` ascending from `start` to `end`; the
+    /// integrals share a base that differences cancel.
+    marks: Vec<(Nanos, Acc)>,
+    /// The maximal intervals of the gap set, in time order; the last may go
+    /// on in the next sweep.
+    gaps: Vec<GapInterval>,
+    pub has_cap: bool,
+}
+
+/// The first window or slice bound after `t`: `k·S` or `k·S + W`.
+fn next_bound(t: Nanos, cfg: &WindowConfig) -> Nanos {
+    let s = cfg.step;
+    let off = cfg.window.rem_euclid(s);
+    let on_step = t.div_euclid(s).saturating_mul(s).saturating_add(s);
+    let on_window = (t - off)
+        .div_euclid(s)
+        .saturating_mul(s)
+        .saturating_add(s + off);
+    on_step.min(on_window)
+}
+
+impl Ledger {
+    /// Sweeps on from `init` (the state where this ledger ends, or where a
+    /// new one starts) over `[init.at, end)`, as [`Profile::build`] sweeps
+    /// (`events` as there, none before `init.at`), and returns the state at
+    /// `end`. Each piece is also handed to `piece`.
+    pub fn extend(
+        &mut self,
+        init: SweepState,
+        events: Vec<(Nanos, Ev)>,
+        end: Nanos,
+        cfg: &WindowConfig,
+        mut piece: impl FnMut(&Segment),
+    ) -> SweepState {
+        let mut acc = match self.marks.last() {
+            Some(&(_, acc)) => acc,
+            None => {
+                self.start = init.at;
+                self.marks.push((init.at, Acc::default()));
+                Acc::default()
+            }
+        };
+        let mut bound = next_bound(init.at, cfg);
+        let (marks, gaps) = (&mut self.marks, &mut self.gaps);
+        let state = sweep(init, events, end, cfg, |s| {
+            let r = s.rates();
+            // The integral at a bound inside the piece, as
+            // [`Profile::stats`] takes it.
+            while bound < s.end {
+                marks.push((bound, acc.add_scaled(&r, bound - s.start)));
+                bound = next_bound(bound, cfg);
+            }
+            acc = acc.add_scaled(&r, s.end - s.start);
+            add_gap_piece(gaps, &s);
+            piece(&s);
+        });
+        if self.marks.last().is_some_and(|m| m.0 < end) {
+            self.marks.push((end, acc));
+        }
+        self.end = end;
+        self.has_cap |= state.has_cap;
+        state
     }
 
-    /// Drops the timeline before `t`: the profile then starts at `t` (or
-    /// at its end, if that comes first). The pieces dropped are only skipped
-    /// until they are a quarter of the vectors, then removed at once, so a
-    /// profile that loses a little at every step is not moved every time
-    /// (each piece is moved at most three times, amortized).
+    /// The integral up to `t`, which must be one of the marks (clamped to
+    /// `[start, end]`).
+    fn integral(&self, t: Nanos) -> Acc {
+        let t = t.clamp(self.start, self.end);
+        let i = self.marks.partition_point(|m| m.0 < t);
+        match self.marks.get(i) {
+            Some(&(at, acc)) if at == t => acc,
+            _ => {
+                debug_assert!(false, "no mark at {t}");
+                self.marks.get(i).map(|m| m.1).unwrap_or_default()
+            }
+        }
+    }
+
+    /// The time-based metrics over `[lo, hi)` ∩ `[start, end)` (whose bounds
+    /// are marks), combined with the request counts of the same range.
+    pub fn stats(&self, lo: Nanos, hi: Nanos, c: &Counts) -> Stats {
+        let lo = lo.max(self.start);
+        let hi = hi.min(self.end).max(lo);
+        let a = self.integral(hi).minus(&self.integral(lo));
+        stats_of(&a, hi - lo, self.has_cap, c)
+    }
+
+    /// The gaps that end after `start` or reach `end` (so may go on).
+    pub fn gaps(&self) -> &[GapInterval] {
+        &self.gaps
+    }
+
+    /// Drops the timeline before `t` (a mark, at most `end`), and the gaps
+    /// that ended before it; a gap that `t` cuts, or that ends at `end`, is
+    /// kept whole.
     pub fn drop_before(&mut self, t: Nanos) {
-        self.first += self.segments().partition_point(|s| s.end <= t);
-        if self.first * 4 >= self.segments.len() {
-            self.segments.drain(..self.first);
-            self.cum.drain(..self.first);
-            self.first = 0;
+        let i = self.marks.partition_point(|m| m.0 < t);
+        if i > 0 && self.marks.get(i).is_some_and(|m| m.0 == t) {
+            self.marks.drain(..i);
+            self.start = t;
         }
-        let f = self.first;
-        if let (Some(s), Some(c)) = (self.segments.get_mut(f), self.cum.get_mut(f)) {
-            if s.start < t {
-                *c = c.add_scaled(&s.rates(), t - s.start);
-                s.start = t;
-            }
-        }
-        self.start = t.clamp(self.start, self.end);
-    }
-
-    /// Gap `g` (one of this profile's, possibly begun before it) cut at
-    /// `at`: its time by cause without this profile's gap time from `at` on.
-    pub fn gap_until(&self, g: &GapInterval, at: Nanos) -> GapInterval {
-        let mut cut = *g;
-        cut.end = at;
-        for s in self.segments() {
-            if let Some(c) = s.gap {
-                let (a, b) = (s.start.max(at), s.end.min(g.end));
-                if b > a {
-                    cut.by_cause[c as usize] -= b - a;
-                }
-            }
-        }
-        cut
+        let end = self.end;
+        self.gaps.retain(|g| g.end > t || g.end == end);
     }
 }
 
@@ -812,10 +844,11 @@ pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
     )
 }
 
-/// The reports of windows `first..=last` (computed by [`Profile::stats`]
-/// plus the requests released in each window).
+/// The reports of windows `first..=last`: `stats` of each window's range
+/// ([`Profile::stats`] or [`Ledger::stats`]) with the requests released in
+/// it.
 pub fn window_reports(
-    profile: &Profile,
+    stats: impl Fn(Nanos, Nanos, &Counts) -> Stats,
     requests: &[&Request],
     first: i64,
     last: i64,
@@ -842,7 +875,7 @@ pub fn window_reports(
             WindowReport {
                 start_unix_s: nanos_to_secs(ws),
                 end_unix_s: nanos_to_secs(we),
-                stats: profile.stats(ws, we, c),
+                stats: stats(ws, we, c),
             }
         })
         .collect()
@@ -984,52 +1017,47 @@ pub fn compute_run(
     let (first, last) = windows_overlapping(start, end, cfg);
     let first = first.max(last.saturating_sub(cfg.max_windows as i64 - 1));
     if first <= last {
-        rep.windows = window_reports(&profile, requests, first, last, cfg);
+        rep.windows = window_reports(|a, b, c| profile.stats(a, b, c), requests, first, last, cfg);
     }
     (rep, Some(profile))
 }
 
 /// A run's report without its windows (the live path exports those as they
-/// become final), and its timeline for drawing. `swept` is the run's
-/// profile if one was swept already: used when it covers the whole active
-/// range (a run swept once, at its end), else the profile is swept afresh.
-/// Either way the report equals [`run_report`]'s.
+/// become final), and its timeline for drawing. `swept` is the pieces of a
+/// sweep of the whole active range, with whether a cap applied, if the run
+/// was swept once, at its end; else the run is swept afresh. Either way the
+/// report equals [`run_report`]'s.
 pub fn report_at_end(
     run_id: &str,
     requests: &[&Request],
     caps: &[CapPoint],
     cfg: &WindowConfig,
-    swept: Option<&Profile>,
+    swept: Option<(&[Segment], bool)>,
     columns: usize,
 ) -> (RunReport, Drawing) {
     let (mut rep, totals) = request_totals(run_id, requests, caps, cfg);
     let Some((start, end)) = active_range(requests.iter().copied()) else {
         return (rep, Drawing::default());
     };
-    let drawing = match swept.filter(|p| p.start == start && p.end == end) {
-        Some(p) => {
-            profile_totals(&mut rep, p, &totals);
-            Drawing::of(start, end, p.segments(), columns)
-        }
+    let whole = |segments: &[Segment]| {
+        segments.first().is_some_and(|s| s.start == start)
+            && segments.last().is_some_and(|s| s.end == end)
+    };
+    let fresh;
+    let (segments, has_cap) = match swept.filter(|(s, _)| whole(s)) {
+        Some(s) => s,
         None => {
-            // Only the pieces: the totals are the last running integral
-            // (as a profile's last prefix integral), so a long run's end
-            // does not hold prefix integrals for every piece.
             let (segments, state) = sweep_all(requests, caps, start, end, cfg);
-            let whole = running_integrals(&segments).last().unwrap_or_default();
-            time_totals(
-                &mut rep,
-                start,
-                end,
-                &segments,
-                &whole,
-                state.has_cap,
-                &totals,
-            );
-            Drawing::of(start, end, &segments, columns)
+            fresh = segments;
+            (&fresh[..], state.has_cap)
         }
     };
-    (rep, drawing)
+    // The totals are the last running integral (as a profile's last prefix
+    // integral), so a long run's end does not hold prefix integrals for
+    // every piece.
+    let integral = running_integrals(segments).last().unwrap_or_default();
+    time_totals(&mut rep, start, end, segments, &integral, has_cap, &totals);
+    (rep, Drawing::of(start, end, segments, columns))
 }
 
 /// The parts of a run's report that come from its requests one by one: the
@@ -1083,7 +1111,6 @@ fn request_totals(
     (rep, totals)
 }
 
-/// [`time_totals`] from a profile of the whole active range.
 fn profile_totals(rep: &mut RunReport, p: &Profile, totals: &Counts) {
     let whole = p.integral(p.end).minus(&p.integral(p.start));
     time_totals(rep, p.start, p.end, p.segments(), &whole, p.has_cap, totals);
