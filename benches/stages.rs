@@ -9,7 +9,10 @@
 //! - `extract/view` and `extract/lean`: spans → observations;
 //! - `join`: observations → the join store (read in place);
 //! - `window`: a 5,000-request run's report (sweep line, windows, totals);
-//! - `engine`: read in place, extract and ingest into the live engine.
+//! - `engine`: read in place, extract and ingest into the live engine;
+//! - `runs_end/1000_runs_of_10`: the live engine ends 1,000 runs of ten
+//!   requests each, never finalized before (their sweep, windows, report,
+//!   timeline and output): the fixed cost of a run.
 //!
 //! `cargo bench --bench stages`; under `cargo test` each runs once.
 
@@ -119,5 +122,39 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+fn runs_end(c: &mut Criterion) {
+    let x = Extractor::default();
+    let exports: Vec<tpsgap::lean::ExportTraceServiceRequest> =
+        tpsgap::testutil::synthetic_exports(20_000, 1_000)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+    let mut g = c.benchmark_group("runs_end");
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_function("1000_runs_of_10", |b| {
+        b.iter_batched(
+            || {
+                let engine = Engine::new(LiveConfig::default());
+                let now = Now::system(Instant::now());
+                for req in &exports {
+                    let mut items = Vec::new();
+                    x.request(req, |e| items.push(e));
+                    engine.ingest(items, now).expect("accepted");
+                }
+                engine
+            },
+            |engine| {
+                // Each output is dropped once made, as `serve` does.
+                let mut n = 0;
+                engine.tick_each(Now::system(Instant::now()), true, |_| n += 1);
+                assert_eq!(n, 1_000);
+                engine
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages, runs_end);
 criterion_main!(benches);

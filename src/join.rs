@@ -27,8 +27,9 @@ pub struct RunState {
     requests: Requests,
     #[serde(skip)]
     index: HashMap<RequestKey, u32, FastHash>,
-    /// Model names; requests hold an index.
-    models: Vec<Box<str>>,
+    /// Model names; requests hold an index. Shared with the requests'
+    /// output ([`crate::live::DoneRequest`]), which takes no copy.
+    models: Vec<std::sync::Arc<str>>,
     /// Cap observations of spans that were not request observations, in
     /// receive order, without duplicates.
     loose_caps: Vec<CapObservation>,
@@ -120,8 +121,8 @@ impl RunState {
     }
 
     /// The model name of a request.
-    pub fn model(&self, r: &Request) -> Option<&str> {
-        self.models.get(r.model as usize).map(|m| &**m)
+    pub fn model(&self, r: &Request) -> Option<&std::sync::Arc<str>> {
+        self.models.get(r.model as usize)
     }
 
     /// The number of requests joined.
@@ -185,17 +186,20 @@ impl RunState {
     /// requests (SPEC §1: admitted_at, else queued_at, else released_at,
     /// else the span's start), in receive order.
     pub fn cap_points(&self) -> Vec<CapPoint> {
-        let mut points: Vec<(u32, CapPoint)> = self
-            .requests
-            .iter()
-            .filter(|r| r.cap != NONE)
-            .filter_map(|r| {
-                let t = cap_time(r)?;
-                Some((r.cap_seq, CapPoint { t, value: r.cap }))
-            })
-            .collect();
+        let mut points: Vec<(u32, CapPoint)> =
+            Vec::with_capacity(self.requests.len() + self.loose_caps.len());
+        points.extend(
+            self.requests
+                .iter()
+                .filter(|r| r.cap != NONE)
+                .filter_map(|r| {
+                    let t = cap_time(r)?;
+                    Some((r.cap_seq, CapPoint { t, value: r.cap }))
+                }),
+        );
         points.extend(self.loose_points());
-        points.sort_by_key(|(seq, _)| *seq);
+        // Receive order: each cap has its own number.
+        points.sort_unstable_by_key(|(seq, _)| *seq);
         points.into_iter().map(|(_, p)| p).collect()
     }
 

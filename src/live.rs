@@ -331,7 +331,7 @@ pub struct FinalGap {
 /// A released request, counted once when its step slice is final.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DoneRequest {
-    pub model: Option<String>,
+    pub model: Option<std::sync::Arc<str>>,
     pub failed: bool,
     pub released: Nanos,
     pub output_tokens: u64,
@@ -825,6 +825,10 @@ impl Engine {
                         )
                     }),
             );
+            if let Some(p) = pieces.as_mut() {
+                // A piece per event, and one more: refill then stall.
+                p.reserve(events.len() + 2);
+            }
             let ledger = run.ledger.get_or_insert_with(Ledger::default);
             let state = ledger.extend(init, events, until, &w, |s| {
                 if let Some(p) = pieces.as_mut() {
@@ -1063,7 +1067,7 @@ impl Engine {
     }
 }
 
-fn done(r: &Request, model: Option<&str>, released: Nanos) -> DoneRequest {
+fn done(r: &Request, model: Option<&std::sync::Arc<str>>, released: Nanos) -> DoneRequest {
     let d = Derived::of(r);
     let ok = |x: Option<Result<Nanos, ()>>| {
         x.and_then(Result::ok)
@@ -1077,7 +1081,7 @@ fn done(r: &Request, model: Option<&str>, released: Nanos) -> DoneRequest {
     };
     let t_stream = ok(d.t_stream);
     DoneRequest {
-        model: model.map(str::to_string),
+        model: model.cloned(),
         failed: r.failed(),
         released,
         output_tokens: r.output_tokens().unwrap_or(0),
@@ -1130,13 +1134,21 @@ impl<'a> Queued<'a> {
     /// [`MAX_EXEMPLARS`], earliest first. The list is in order of the
     /// interval's start (the first timestamp), so the walk stops at `end`.
     fn within(&self, start: Nanos, end: Nanos) -> Vec<SpanRef> {
-        self.0
+        let mut spans = self
+            .0
             .iter()
             .take_while(|&&(a, ..)| a < end)
             .filter(|&&(_, b, _)| b > start)
             .take(MAX_EXEMPLARS)
-            .map(|&(.., r)| r.span)
-            .collect()
+            .map(|&(.., r)| r.span);
+        // Room for all of them at the first (none: no allocation).
+        let Some(first) = spans.next() else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(MAX_EXEMPLARS);
+        out.push(first);
+        out.extend(spans);
+        out
     }
 }
 

@@ -338,7 +338,7 @@ proptest! {
             .flat_map(|o| o.gaps.iter())
             .map(|g| (crate::model::nanos_to_secs(g.start), crate::model::nanos_to_secs(g.end), g.cause.as_str()))
             .collect();
-        let want: Vec<(f64, f64, &str)> = offline.gaps.iter().map(|g| (g.start_unix_s, g.end_unix_s, g.cause.as_str())).collect();
+        let want: Vec<(f64, f64, &str)> = offline.gaps.iter().map(|g| (g.start_unix_s, g.end_unix_s, &*g.cause)).collect();
         prop_assert_eq!(gaps, want);
     }
 }

@@ -81,7 +81,8 @@ pub struct Gap {
     pub end_unix_s: f64,
     pub seconds: f64,
     pub max_queue_depth: u64,
-    pub cause: String,
+    /// `stall`, `refill` or `under_cap` (a name, not a copy, when made here).
+    pub cause: std::borrow::Cow<'static, str>,
 }
 
 /// Latency summaries of successful requests.

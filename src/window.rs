@@ -563,6 +563,10 @@ impl Ledger {
             }
         };
         let mut bound = next_bound(init.at, cfg);
+        // Two bounds a step at most (window starts and ends), and the end.
+        let bounds = (end - init.at) / cfg.step.max(1) * 2 + 3;
+        self.marks
+            .reserve(usize::try_from(bounds).unwrap_or(0).min(1 << 12));
         let (marks, gaps) = (&mut self.marks, &mut self.gaps);
         let state = sweep(init, events, end, cfg, |s| {
             let r = s.rates();
@@ -797,7 +801,7 @@ impl GapInterval {
             end_unix_s: nanos_to_secs(self.end),
             seconds: duration_secs(self.end - self.start),
             max_queue_depth: u64::from(self.max_queue_depth),
-            cause: self.cause().as_str().to_string(),
+            cause: self.cause().as_str().into(),
         }
     }
 }
@@ -922,69 +926,90 @@ fn ok(x: Option<Result<Nanos, ()>>) -> Option<Nanos> {
     x.and_then(Result::ok)
 }
 
-/// Latency samples of successful requests.
+/// Latency samples of successful requests: seven lists of at most `n`
+/// each, kept in one buffer (a run's end allocates once for them).
 #[derive(Clone, Debug, Default)]
 pub struct Samples {
-    pub t_queue: Vec<f64>,
-    pub t_first_token: Vec<f64>,
-    pub t_stream: Vec<f64>,
-    pub t_in_flight: Vec<f64>,
-    pub stream_tps: Vec<f64>,
-    pub end_to_end_tps: Vec<f64>,
-    pub time_per_output_token: Vec<f64>,
+    n: usize,
+    buf: Vec<f64>,
+    len: [usize; 7],
 }
 
+/// The lists of [`Samples`], in the order of [`Latency`]'s fields.
+const T_QUEUE: usize = 0;
+const T_FIRST_TOKEN: usize = 1;
+const T_STREAM: usize = 2;
+const T_IN_FLIGHT: usize = 3;
+const STREAM_TPS: usize = 4;
+const END_TO_END_TPS: usize = 5;
+const TIME_PER_OUTPUT_TOKEN: usize = 6;
+
 impl Samples {
-    /// Room for `n` requests in each list (so they never grow by copying).
+    /// Room for `n` requests.
     pub fn with_capacity(n: usize) -> Samples {
-        let v = || Vec::with_capacity(n);
         Samples {
-            t_queue: v(),
-            t_first_token: v(),
-            t_stream: v(),
-            t_in_flight: v(),
-            stream_tps: v(),
-            end_to_end_tps: v(),
-            time_per_output_token: v(),
+            n,
+            buf: vec![0.0; n.saturating_mul(7)],
+            len: [0; 7],
         }
     }
 
+    fn push(&mut self, list: usize, x: f64) {
+        let at = list * self.n + self.len[list];
+        if let Some(slot) = self.buf.get_mut(at).filter(|_| self.len[list] < self.n) {
+            *slot = x;
+            self.len[list] += 1;
+        }
+    }
+
+    /// Adds request `r` (each request once: a list holds at most `n`).
     pub fn add(&mut self, r: &Request, d: &Derived) {
-        let push = |v: &mut Vec<f64>, x: Option<Nanos>| {
-            if let Some(ns) = x {
-                v.push(duration_secs(ns));
+        let secs = |x: Option<Result<Nanos, ()>>| ok(x).map(duration_secs);
+        for (list, x) in [
+            (T_QUEUE, d.t_queue),
+            (T_FIRST_TOKEN, d.t_first_token),
+            (T_STREAM, d.t_stream),
+            (T_IN_FLIGHT, d.t_in_flight),
+        ] {
+            if let Some(v) = secs(x) {
+                self.push(list, v);
             }
-        };
-        push(&mut self.t_queue, ok(d.t_queue));
-        push(&mut self.t_first_token, ok(d.t_first_token));
-        push(&mut self.t_stream, ok(d.t_stream));
-        push(&mut self.t_in_flight, ok(d.t_in_flight));
+        }
         let Some(tokens) = r.output_tokens() else {
             return;
         };
         if let Some(s) = ok(d.t_stream) {
             if s > 0 {
-                self.stream_tps.push(tokens as f64 / duration_secs(s));
+                self.push(STREAM_TPS, tokens as f64 / duration_secs(s));
             }
             if tokens >= 2 {
-                self.time_per_output_token
-                    .push(duration_secs(s) / (tokens - 1) as f64);
+                self.push(
+                    TIME_PER_OUTPUT_TOKEN,
+                    duration_secs(s) / (tokens - 1) as f64,
+                );
             }
         }
         if let Some(f) = ok(d.t_in_flight).filter(|&f| f > 0) {
-            self.end_to_end_tps.push(tokens as f64 / duration_secs(f));
+            self.push(END_TO_END_TPS, tokens as f64 / duration_secs(f));
         }
     }
 
     pub fn summarize(mut self) -> Latency {
+        let (n, len) = (self.n, self.len);
+        let mut lists = self.buf.chunks_mut(n.max(1));
+        let mut next = |list: usize| {
+            lists
+                .next()
+                .map_or_else(Summary::default, |c| Summary::of(&mut c[..len[list]]))
+        };
         Latency {
-            t_queue: Summary::of(&mut self.t_queue),
-            t_first_token: Summary::of(&mut self.t_first_token),
-            t_stream: Summary::of(&mut self.t_stream),
-            t_in_flight: Summary::of(&mut self.t_in_flight),
-            stream_tps: Summary::of(&mut self.stream_tps),
-            end_to_end_tps: Summary::of(&mut self.end_to_end_tps),
-            time_per_output_token: Summary::of(&mut self.time_per_output_token),
+            t_queue: next(T_QUEUE),
+            t_first_token: next(T_FIRST_TOKEN),
+            t_stream: next(T_STREAM),
+            t_in_flight: next(T_IN_FLIGHT),
+            stream_tps: next(STREAM_TPS),
+            end_to_end_tps: next(END_TO_END_TPS),
+            time_per_output_token: next(TIME_PER_OUTPUT_TOKEN),
         }
     }
 }

@@ -351,7 +351,7 @@ fn queue_emptying_drops_pending_slots() {
     ];
     let rep = report(&reqs, &[(0.0, 1)], &cfg(10.0, 10.0));
     assert_causes(&rep.totals, [0.9, 0.1, 1.0]);
-    let causes: Vec<&str> = rep.gaps.iter().map(|g| g.cause.as_str()).collect();
+    let causes: Vec<&str> = rep.gaps.iter().map(|g| &*g.cause).collect();
     assert_eq!(causes, vec!["stall", "under_cap"]);
 }
 

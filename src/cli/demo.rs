@@ -167,7 +167,7 @@ pub fn summary(
         .gaps
         .iter()
         .max_by(|a, b| a.seconds.total_cmp(&b.seconds))
-        .map_or("none", |g| g.cause.as_str());
+        .map_or("none", |g| &*g.cause);
     writeln!(
         out,
         "summary: injected_gaps={} detected_gaps={} matched={matched} injected_seconds={:.3} detected_seconds={detected:.3} dominant_cause={dominant}",

@@ -114,7 +114,7 @@ impl Hist {
 struct RunSeries {
     start: Nanos,
     /// (histogram index, model) → histogram.
-    hists: BTreeMap<(usize, Option<String>), Hist>,
+    hists: BTreeMap<(usize, Option<std::sync::Arc<str>>), Hist>,
     /// (counter name, attribute key, attribute value) → total.
     sums: BTreeMap<(&'static str, &'static str, String), f64>,
 }

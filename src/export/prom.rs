@@ -479,7 +479,7 @@ mod tests {
 
     fn done(model: Option<&str>, t_queue: Option<f64>, failed: bool) -> DoneRequest {
         DoneRequest {
-            model: model.map(str::to_string),
+            model: model.map(Into::into),
             failed,
             released: 0,
             output_tokens: 10,
