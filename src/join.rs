@@ -54,6 +54,11 @@ impl RunState {
                 Some(&i) => i as usize,
                 None => {
                     let i = self.requests.len() as u32;
+                    if i == 0 {
+                        // A new run: room for a small one's requests at once.
+                        self.index.reserve(FIRST_CHUNK);
+                        self.open.reserve(FIRST_CHUNK);
+                    }
                     self.index.insert(o.request, i);
                     self.open.push(i);
                     self.requests.push(Request::new(o.request, o.span));
@@ -243,6 +248,9 @@ impl RunState {
 /// Requests per chunk of [`Requests`].
 const CHUNK: usize = 1024;
 
+/// Room a run's first chunk (and key index) starts with.
+const FIRST_CHUNK: usize = 16;
+
 /// Request records in chunks of [`CHUNK`]: growing never copies them, and at
 /// most one chunk is partly empty (a vector that doubles wastes up to half).
 #[derive(Clone, Debug, Default)]
@@ -257,7 +265,11 @@ impl Requests {
             Some(c) if c.len() < CHUNK => c.push(r),
             _ => {
                 // The first chunk grows as needed (small runs stay small).
-                let cap = if self.chunks.is_empty() { 4 } else { CHUNK };
+                let cap = if self.chunks.is_empty() {
+                    FIRST_CHUNK
+                } else {
+                    CHUNK
+                };
                 let mut c = Vec::with_capacity(cap);
                 c.push(r);
                 self.chunks.push(c);

@@ -183,7 +183,7 @@ fn open_events(
 ) -> (Vec<(Nanos, Ev)>, Vec<Mark>) {
     let mut events = Vec::with_capacity(open.len() * 4);
     let mut marks = Vec::with_capacity(open.len() * 4);
-    let mut caps: Vec<(u32, Nanos, u32, u32)> = Vec::new();
+    let mut caps: Vec<(u32, Nanos, u32, u32)> = Vec::with_capacity(open.len());
     for &i in open {
         let r = &reqs[i as usize];
         let mut push = |bit: u8, t: Nanos, e: Ev| {
@@ -495,11 +495,16 @@ pub struct Engine {
 /// At most this many trace references per exemplar list or gap span.
 pub const MAX_EXEMPLARS: usize = 5;
 
+/// Shards of the live-run map. A batch locks each of its runs' shards in
+/// turn, and a batch of short runs names hundreds of runs: with many shards
+/// two receivers seldom want the same one at once.
+const RUN_SHARDS: usize = 128;
+
 impl Engine {
     pub fn new(cfg: LiveConfig) -> Engine {
         Engine {
             cfg,
-            runs: DashMap::default(),
+            runs: DashMap::with_hasher_and_shard_amount(FastHash::default(), RUN_SHARDS),
             live: AtomicUsize::new(0),
             finals: Mutex::new(Finals::default()),
             forgotten: Mutex::new(Vec::new()),
@@ -894,6 +899,7 @@ impl Engine {
             .map_or(i64::MIN, |k| k.saturating_mul(w.step));
         // A gap reaching the end of the swept timeline may go on.
         let open_end = wm.map(|_| p.end);
+        out.gaps.reserve(gaps.len());
         for g in gaps
             .iter()
             .filter(|g| g.end <= cut && g.end > run.gaps_done_until && Some(g.end) != open_end)
