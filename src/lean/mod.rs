@@ -306,6 +306,9 @@ mod tests {
             let lean_json = super::json::decode(&text).expect("lean JSON decodes");
             prop_assert_eq!(&lean_json, &json);
             let view = super::view::RequestView::parse_framing(&bytes).expect("the view reads it");
+            let spans: usize = lean.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+            prop_assert_eq!(view.span_count(), spans);
+            prop_assert_eq!(super::view::RequestView::parse(&bytes).expect("checks").span_count(), spans);
             for preset in [None, Some(Preset::Vllm), Some(Preset::Genai)] {
                 let x = Extractor::with_preset(preset, &Default::default());
                 let want = extracted(&x, &full);

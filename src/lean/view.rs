@@ -247,7 +247,9 @@ fn check_span(buf: &[u8]) -> Result<(), WireError> {
         .try_for_each(|kv| kv.map(drop))
 }
 
-fn check_resource_spans(rs: &[u8], spans: bool) -> Result<(), WireError> {
+/// Checks a `ResourceSpans` (its spans whole when `spans`), counting its
+/// spans into `count`.
+fn check_resource_spans(rs: &[u8], spans: bool, count: &mut usize) -> Result<(), WireError> {
     check(
         rs,
         |n| match n {
@@ -263,23 +265,36 @@ fn check_resource_spans(rs: &[u8], spans: bool) -> Result<(), WireError> {
             _ => check(
                 b,
                 |n| (n == 2).then_some(2),
-                |_, s| if spans { check_span(s) } else { Ok(()) },
+                |_, s| {
+                    *count += 1;
+                    if spans {
+                        check_span(s)
+                    } else {
+                        Ok(())
+                    }
+                },
             ),
         },
     )
 }
 
-fn check_request(buf: &[u8], spans: bool) -> Result<(), WireError> {
+fn check_request(buf: &[u8], spans: bool) -> Result<usize, WireError> {
+    let mut count = 0;
     check(
         buf,
         |n| (n == 1).then_some(2),
-        |_, rs| check_resource_spans(rs, spans),
-    )
+        |_, rs| check_resource_spans(rs, spans, &mut count),
+    )?;
+    Ok(count)
 }
 
 /// A checked `ExportTraceServiceRequest`.
 #[derive(Clone, Copy, Debug)]
-pub struct RequestView<'a>(&'a [u8]);
+pub struct RequestView<'a> {
+    buf: &'a [u8],
+    /// The number of spans, counted by the check.
+    spans: usize,
+}
 
 impl<'a> RequestView<'a> {
     /// Checks `buf` as a whole.
@@ -288,8 +303,8 @@ impl<'a> RequestView<'a> {
     /// When it is not a well-formed trace export (a truncated or
     /// mis-typed field anywhere in the fields tpsgap reads).
     pub fn parse(buf: &'a [u8]) -> Result<RequestView<'a>, WireError> {
-        check_request(buf, true)?;
-        Ok(RequestView(buf))
+        let spans = check_request(buf, true)?;
+        Ok(RequestView { buf, spans })
     }
 
     /// Checks `buf` down to the framing of each span (and the resources
@@ -300,12 +315,12 @@ impl<'a> RequestView<'a> {
     /// # Errors
     /// When the framing is not well-formed.
     pub fn parse_framing(buf: &'a [u8]) -> Result<RequestView<'a>, WireError> {
-        check_request(buf, false)?;
-        Ok(RequestView(buf))
+        let spans = check_request(buf, false)?;
+        Ok(RequestView { buf, spans })
     }
 
     pub fn resource_spans(self) -> impl Iterator<Item = ResourceSpansView<'a>> {
-        messages(self.0, 1).map(ResourceSpansView)
+        messages(self.buf, 1).map(ResourceSpansView)
     }
 
     /// Reads every span with its attributes and events, as decoding would,
@@ -332,9 +347,7 @@ impl<'a> RequestView<'a> {
 
     /// The number of spans.
     pub fn span_count(self) -> usize {
-        self.resource_spans()
-            .map(|rs| rs.span_messages().count())
-            .sum()
+        self.spans
     }
 }
 
@@ -348,7 +361,7 @@ impl<'a> ResourceSpansView<'a> {
     /// # Errors
     /// When it is not well-formed.
     pub fn parse(buf: &'a [u8]) -> Result<ResourceSpansView<'a>, WireError> {
-        check_resource_spans(buf, true)?;
+        check_resource_spans(buf, true, &mut 0)?;
         Ok(ResourceSpansView(buf))
     }
 
