@@ -34,6 +34,7 @@ done
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 # The soak script, short: sustained load with RSS staying flat.
 cargo build --locked --bin tpsgap
 BIN=target/debug/tpsgap scripts/soak.sh 20

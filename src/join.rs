@@ -248,7 +248,7 @@ const CHUNK: usize = 1024;
 /// batch starts a hundred runs).
 const FIRST_CHUNK: usize = 4;
 
-/// Request records in chunks of [`CHUNK`]: growing never copies them, and at
+/// Request records in chunks of 1,024: growing never copies them, and at
 /// most one chunk is partly empty (a vector that doubles wastes up to half).
 #[derive(Clone, Debug, Default)]
 pub struct Requests {

@@ -117,7 +117,8 @@ impl Stamps {
         Some(it.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t))))
     }
 
-    /// Field-by-field merge (see [`Stamp::merge`]); idempotent and commutative.
+    /// Field-by-field merge (the earliest start-like stamp and the latest
+    /// end-like stamp win); idempotent and commutative.
     pub fn merge(&mut self, other: &Stamps) {
         for s in Stamp::ALL {
             let v = match (self.get(s), other.get(s)) {
