@@ -124,7 +124,7 @@ impl Acc {
 
 /// Queue depth, in-flight and cap over a run's active range, as segments with
 /// prefix integrals.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct Profile {
     /// Active range `[start, end)`.
     pub start: Nanos,
@@ -430,11 +430,25 @@ impl Profile {
     /// The time-based metrics over `[lo, hi)` ∩ active range, combined with
     /// the request counts of the same range.
     pub fn stats(&self, lo: Nanos, hi: Nanos, c: &Counts) -> Stats {
-        let lo = lo.max(self.start);
-        let hi = hi.min(self.end).max(lo);
-        let a = self.integral(hi).minus(&self.integral(lo));
-        stats_of(&a, hi - lo, self.has_cap, c)
+        let range = (self.start, self.end);
+        range_stats(range, |t| self.integral(t), lo, hi, self.has_cap, c)
     }
+}
+
+/// The time-based metrics over `[lo, hi)` ∩ `range` of a timeline whose
+/// running integral up to an instant is `integral`, combined with the
+/// request counts of the same range ([`Profile::stats`], [`Ledger::stats`]).
+fn range_stats(
+    (start, end): (Nanos, Nanos),
+    integral: impl Fn(Nanos) -> Acc,
+    lo: Nanos,
+    hi: Nanos,
+    has_cap: bool,
+    c: &Counts,
+) -> Stats {
+    let lo = lo.max(start);
+    let hi = hi.min(end).max(lo);
+    stats_of(&integral(hi).minus(&integral(lo)), hi - lo, has_cap, c)
 }
 
 /// The time-based metrics of integrals `a` over `d` nanoseconds, combined
@@ -605,10 +619,8 @@ impl Ledger {
     /// The time-based metrics over `[lo, hi)` ∩ `[start, end)` (whose bounds
     /// are marks), combined with the request counts of the same range.
     pub fn stats(&self, lo: Nanos, hi: Nanos, c: &Counts) -> Stats {
-        let lo = lo.max(self.start);
-        let hi = hi.min(self.end).max(lo);
-        let a = self.integral(hi).minus(&self.integral(lo));
-        stats_of(&a, hi - lo, self.has_cap, c)
+        let range = (self.start, self.end);
+        range_stats(range, |t| self.integral(t), lo, hi, self.has_cap, c)
     }
 
     /// The gaps that end after `start` or reach `end` (so may go on).
