@@ -12,9 +12,10 @@ use dashmap::DashMap;
 
 use crate::extract::Extracted;
 use crate::model::{CapObservation, Nanos, Observation, Request, RequestKey, Stamp, NONE};
-use crate::report::{Report, RunReport};
+use crate::report::{Report, RunReport, Stats};
 use crate::window::{
-    compute_run, report_at_end, CapPoint, Drawing, Profile, Segment, TimelinePoint, WindowConfig,
+    compute_run, report_at_end, run_totals, CapPoint, Drawing, Profile, Segment, TimelinePoint,
+    WindowConfig,
 };
 
 /// A fast hasher for maps whose keys are already hashes or short ids.
@@ -213,6 +214,14 @@ impl RunState {
     /// The run's report over everything joined so far.
     pub fn report(&self, run_id: &str, cfg: &WindowConfig) -> RunReport {
         self.compute(run_id, cfg).0
+    }
+
+    /// The report's totals alone ([`crate::window::run_totals`]). The
+    /// requests need no sorting: the sweep takes their events in time order
+    /// and the counts are integers.
+    pub fn totals(&self, cfg: &WindowConfig) -> Stats {
+        let reqs: Vec<&Request> = self.requests.iter().collect();
+        run_totals(&reqs, &self.cap_points(), cfg)
     }
 
     /// The report without windows, and the timeline, of a run that ends

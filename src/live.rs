@@ -1005,7 +1005,8 @@ impl Engine {
     /// The report of a run with the windows exported so far, and its phase.
     pub fn run_view(&self, id: &str) -> Option<(RunReport, RunPhase)> {
         if let Some(run) = self.runs.get(id) {
-            let mut rep = run.join.report(id, &self.cfg.window);
+            // The windows are the ones exported so far, not computed again.
+            let (mut rep, _) = run.join.report_at_end(id, &self.cfg.window, None, 0);
             rep.windows = run.windows.clone();
             rep.late_spans = run.late_spans;
             return Some((rep, RunPhase::Live));
@@ -1016,13 +1017,12 @@ impl Engine {
     /// [`Engine::run_view`] plus a timeline of the run, for the web page.
     pub fn run_page(&self, id: &str) -> Option<(RunReport, RunPhase, Vec<TimelinePoint>)> {
         if let Some(run) = self.runs.get(id) {
-            let (mut rep, profile) = run.join.compute(id, &self.cfg.window);
+            let (mut rep, drawing) =
+                run.join
+                    .report_at_end(id, &self.cfg.window, None, TIMELINE_COLUMNS);
             rep.windows = run.windows.clone();
             rep.late_spans = run.late_spans;
-            let tl = profile
-                .map(|p| p.timeline(TIMELINE_COLUMNS))
-                .unwrap_or_default();
-            return Some((rep, RunPhase::Live, tl));
+            return Some((rep, RunPhase::Live, drawing.columns(TIMELINE_COLUMNS)));
         }
         self.final_run(id, |f| {
             (
@@ -1047,11 +1047,19 @@ impl Engine {
         let mut out: Vec<RunSummary> = Vec::new();
         let ids: Vec<String> = self.runs.iter().map(|e| e.key().clone()).collect();
         for id in ids {
-            if let Some((rep, state)) = self.run_view(&id) {
+            // A live run's totals alone: no percentiles, gaps or windows.
+            let totals = self.runs.get(&id).map(|r| r.join.totals(&self.cfg.window));
+            if let Some(totals) = totals {
                 out.push(RunSummary {
                     run_id: id,
-                    state,
-                    totals: rep.totals,
+                    state: RunPhase::Live,
+                    totals,
+                });
+            } else if let Some(totals) = self.final_run(&id, |f| f.report.totals.clone()) {
+                out.push(RunSummary {
+                    run_id: id,
+                    state: RunPhase::Final,
+                    totals,
                 });
             }
         }

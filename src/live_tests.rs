@@ -298,6 +298,13 @@ proptest! {
                 outs.extend(e.tick(c.at(n as u64), false));
             }
         }
+        // Live, with every request joined: the list's totals are the run
+        // view's, which are the offline report's (checked below).
+        let (view, phase) = e.run_view("p").expect("live");
+        prop_assert_eq!(phase, RunPhase::Live);
+        let listed = e.list();
+        prop_assert_eq!(listed.len(), 1);
+        prop_assert_eq!(&listed[0].totals, &view.totals);
         outs.extend(e.tick(c.at(10_000), false));
         let live: Vec<WindowReport> = outs.iter().flat_map(|o| o.windows.iter().map(|w| w.report.clone())).collect();
         let mut offline_reqs = Vec::new();
@@ -313,6 +320,7 @@ proptest! {
         // exported as it became final; compared below) and late spans,
         // whether the run was swept before its end or only at it; and so
         // does its timeline.
+        prop_assert_eq!(RunReport { windows: Vec::new(), late_spans: 0, ..view }, RunReport { windows: Vec::new(), ..offline.clone() });
         let (fin, phase, timeline) = e.run_page("p").expect("kept after its end");
         prop_assert_eq!(phase, RunPhase::Final);
         prop_assert_eq!(RunReport { windows: Vec::new(), late_spans: 0, ..fin }, RunReport { windows: Vec::new(), ..offline.clone() });

@@ -270,6 +270,21 @@ fn sweep_all(
     end: Nanos,
     cfg: &WindowConfig,
 ) -> (Vec<Segment>, SweepState) {
+    // A piece per event and one more (at most four events a request).
+    let mut segments = Vec::with_capacity(requests.len() * 4 + caps.len() + 1);
+    let state = sweep_all_each(requests, caps, start, end, cfg, |s| segments.push(s));
+    (segments, state)
+}
+
+/// [`sweep_all`], handing each piece to `piece` instead of keeping them.
+fn sweep_all_each(
+    requests: &[&Request],
+    caps: &[CapPoint],
+    start: Nanos,
+    end: Nanos,
+    cfg: &WindowConfig,
+    piece: impl FnMut(Segment),
+) -> SweepState {
     let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + caps.len());
     for r in requests {
         if let Some((a, b)) = queued_interval(r, end) {
@@ -299,9 +314,7 @@ fn sweep_all(
                 )
             }),
     );
-    let mut segments = Vec::with_capacity(events.len() + 1);
-    let state = sweep(init, events, end, cfg, |s| segments.push(s));
-    (segments, state)
+    sweep(init, events, end, cfg, piece)
 }
 
 /// A sweep from `init` over `[init.at, end)` with `events` (none before
@@ -1095,6 +1108,26 @@ pub fn report_at_end(
     let integral = running_integrals(segments).last().unwrap_or_default();
     time_totals(&mut rep, start, end, segments, &integral, has_cap, &totals);
     (rep, Drawing::of(start, end, segments, columns))
+}
+
+/// A run's totals alone, as its report has them ([`run_report`]'s
+/// `totals`, bit for bit): its released requests counted and its timeline
+/// swept without keeping the pieces; no percentiles, gaps or windows. What
+/// `GET /api/v1/runs` lists for a live run.
+pub fn run_totals(requests: &[&Request], caps: &[CapPoint], cfg: &WindowConfig) -> Stats {
+    let Some((start, end)) = active_range(requests.iter().copied()) else {
+        return Stats::default();
+    };
+    let mut counts = Counts::default();
+    for r in requests.iter().filter(|r| r.get(Stamp::Released).is_some()) {
+        counts.add(r);
+    }
+    // The same sum as `running_integrals`, piece by piece.
+    let mut whole = Acc::default();
+    let state = sweep_all_each(requests, caps, start, end, cfg, |s| {
+        whole = whole.add_scaled(&s.rates(), s.end - s.start);
+    });
+    stats_of(&whole, end - start, state.has_cap, &counts)
 }
 
 /// The parts of a run's report that come from its requests one by one: the

@@ -68,14 +68,41 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
-async fn runs(State(s): State<ApiState>) -> Json<RunList> {
-    Json(RunList {
-        runs: s.engine.list(),
-    })
+/// Runs `f` on the blocking pool: a live run's report sweeps all its
+/// requests, which must not hold up the receivers sharing the runtime's
+/// worker threads.
+async fn off_runtime<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&Engine) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let engine = Arc::clone(&s.engine);
+    tokio::task::spawn_blocking(move || f(&engine))
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(ApiError {
+                    error: format!("computing the answer failed: {e}"),
+                }),
+            )
+                .into_response()
+        })
+}
+
+async fn runs(State(s): State<ApiState>) -> Response {
+    match off_runtime(&s, Engine::list).await {
+        Ok(runs) => Json(RunList { runs }).into_response(),
+        Err(e) => e,
+    }
 }
 
 async fn run(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    match s.engine.run_view(&id) {
+    let id2 = id.clone();
+    let view = match off_runtime(&s, move |e| e.run_view(&id2)).await {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    match view {
         Some((report, state)) => Json(RunView { report, state }).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -87,12 +114,20 @@ async fn run(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn index(State(s): State<ApiState>) -> Html<String> {
-    Html(web::index(&s.engine.list()))
+async fn index(State(s): State<ApiState>) -> Response {
+    match off_runtime(&s, Engine::list).await {
+        Ok(runs) => Html(web::index(&runs)).into_response(),
+        Err(e) => e,
+    }
 }
 
 async fn run_page(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    match s.engine.run_page(&id) {
+    let id2 = id.clone();
+    let page = match off_runtime(&s, move |e| e.run_page(&id2)).await {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    match page {
         Some((report, state, timeline)) => Html(web::run_page(&report, Some(state), &timeline)).into_response(),
         None => (
             StatusCode::NOT_FOUND,
