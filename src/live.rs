@@ -315,7 +315,7 @@ pub struct FinalWindow {
     pub end: Nanos,
     pub report: WindowReport,
     /// Requests waiting in the window's longest gap, else its slowest request.
-    pub exemplars: Vec<SpanRef>,
+    pub exemplars: Exemplars,
 }
 
 /// A final gap interval with the requests that waited in it.
@@ -325,7 +325,7 @@ pub struct FinalGap {
     pub end: Nanos,
     pub max_queue_depth: u32,
     pub cause: Cause,
-    pub waiting: Vec<SpanRef>,
+    pub waiting: Exemplars,
 }
 
 /// A released request, counted once when its step slice is final.
@@ -494,6 +494,40 @@ pub struct Engine {
 
 /// At most this many trace references per exemplar list or gap span.
 pub const MAX_EXEMPLARS: usize = 5;
+
+/// Up to [`MAX_EXEMPLARS`] trace references, held inline: a run's end
+/// makes a list for every window and gap, and none allocates. Reads as a
+/// slice.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Exemplars {
+    len: u8,
+    spans: [SpanRef; MAX_EXEMPLARS],
+}
+
+impl Exemplars {
+    /// The first [`MAX_EXEMPLARS`] of `spans`.
+    pub fn first_of(spans: impl IntoIterator<Item = SpanRef>) -> Exemplars {
+        let mut e = Exemplars::default();
+        for (slot, s) in e.spans.iter_mut().zip(spans) {
+            *slot = s;
+            e.len += 1;
+        }
+        e
+    }
+}
+
+impl std::ops::Deref for Exemplars {
+    type Target = [SpanRef];
+    fn deref(&self) -> &[SpanRef] {
+        &self.spans[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for Exemplars {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
 
 /// Shards of the live-run map. A batch locks each of its runs' shards in
 /// turn, and a batch of short runs names hundreds of runs: with many shards
@@ -1147,22 +1181,14 @@ impl<'a> Queued<'a> {
     /// The requests whose queued interval overlaps `[start, end)`, at most
     /// [`MAX_EXEMPLARS`], earliest first. The list is in order of the
     /// interval's start (the first timestamp), so the walk stops at `end`.
-    fn within(&self, start: Nanos, end: Nanos) -> Vec<SpanRef> {
-        let mut spans = self
-            .0
-            .iter()
-            .take_while(|&&(a, ..)| a < end)
-            .filter(|&&(_, b, _)| b > start)
-            .take(MAX_EXEMPLARS)
-            .map(|&(.., r)| r.span);
-        // Room for all of them at the first (none: no allocation).
-        let Some(first) = spans.next() else {
-            return Vec::new();
-        };
-        let mut out = Vec::with_capacity(MAX_EXEMPLARS);
-        out.push(first);
-        out.extend(spans);
-        out
+    fn within(&self, start: Nanos, end: Nanos) -> Exemplars {
+        Exemplars::first_of(
+            self.0
+                .iter()
+                .take_while(|&&(a, ..)| a < end)
+                .filter(|&&(_, b, _)| b > start)
+                .map(|&(.., r)| r.span),
+        )
     }
 }
 
@@ -1174,7 +1200,7 @@ fn window_exemplars(
     ws: Nanos,
     we: Nanos,
     longest: Option<SpanRef>,
-) -> Vec<SpanRef> {
+) -> Exemplars {
     let gap = gaps
         .iter()
         .map(|g| (g.end.min(we) - g.start.max(ws), g))
@@ -1186,7 +1212,7 @@ fn window_exemplars(
             return w;
         }
     }
-    longest.into_iter().collect()
+    Exemplars::first_of(longest)
 }
 
 /// For each window `first..=last`, the request released in it with the
