@@ -6,11 +6,13 @@
 #
 #   scripts/bench_api.sh
 #   PORT=29464 scripts/bench_api.sh     # another API port
+#   SPANS=20480 scripts/bench_api.sh    # quick (the test script's check that it works)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/tpsgap}
 [ -x "$BIN" ] || cargo build --release --locked --bin tpsgap
 PORT=${PORT:-19464}
+SPANS=${SPANS:-1000000}
 api="http://127.0.0.1:$PORT"
 log=$(mktemp); out=$(mktemp)
 "$BIN" serve --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --api-listen "127.0.0.1:$PORT" 2>"$log" &
@@ -23,7 +25,7 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 [ -n "$grpc" ] || { cat "$log" >&2; exit 1; }
-"$BIN" bench --server-pid "$pid" --grpc-endpoint "http://$grpc" --spans 1000000 --repeat 1 >/dev/null
+"$BIN" bench --server-pid "$pid" --grpc-endpoint "http://$grpc" --spans "$SPANS" --repeat 1 >/dev/null
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 echo "| path | server CPU per answer | wall per answer | bytes |"

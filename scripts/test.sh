@@ -38,6 +38,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
 # The soak script, short: sustained load with RSS staying flat.
 cargo build --locked --bin tpsgap
 BIN=target/debug/tpsgap scripts/soak.sh 20
+# The API benchmark, small, to prove it still works (figures in BENCHMARKS.md).
+BIN=target/debug/tpsgap SPANS=20480 scripts/bench_api.sh
 
 # --all-targets also runs each benchmark once, small, to prove it still
 # works (the figures are in BENCHMARKS.md).
