@@ -317,6 +317,53 @@ fn sweep_all_each(
     sweep(init, events, end, cfg, piece)
 }
 
+/// Events from this many on are sorted by radix, fewer by comparison.
+const RADIX_FROM: usize = 1 << 12;
+
+/// Sorts sweep events by time. A long list (a long run's whole sweep) is
+/// sorted by radix: 11 bits of the time at a time, least significant
+/// first, over the bits in which its times differ; a short one by
+/// comparison.
+fn sort_by_time(events: &mut Vec<(Nanos, Ev)>) {
+    if events.len() < RADIX_FROM {
+        events.sort_unstable_by_key(|e| e.0);
+        return;
+    }
+    let (Some(lo), Some(hi)) = (
+        events.iter().map(|e| e.0).min(),
+        events.iter().map(|e| e.0).max(),
+    ) else {
+        return;
+    };
+    // Offsets from the earliest time fit in 64 bits unsigned.
+    let offset = |e: &(Nanos, Ev)| e.0.wrapping_sub(lo) as u64;
+    let bits = 64 - (hi.wrapping_sub(lo) as u64).leading_zeros();
+    let mut other = events.clone();
+    let (mut from, mut to) = (events, &mut other);
+    let mut in_other = false;
+    for shift in (0..bits).step_by(11) {
+        let digit = |e: &(Nanos, Ev)| (offset(e) >> shift) as usize & 0x7ff;
+        let mut next = [0usize; 0x800];
+        for e in from.iter() {
+            next[digit(e)] += 1;
+        }
+        let mut at = 0;
+        for n in next.iter_mut() {
+            (*n, at) = (at, at + *n);
+        }
+        for e in from.iter() {
+            let d = digit(e);
+            to[next[d]] = *e;
+            next[d] += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+        in_other = !in_other;
+    }
+    if in_other {
+        std::mem::swap(from, to);
+    }
+}
+
 /// A sweep from `init` over `[init.at, end)` with `events` (none before
 /// `init.at`; those at `end` or later are ignored): hands each piece, in
 /// time order, to `piece`, and returns the state at `end`, after every event
@@ -330,7 +377,7 @@ fn sweep(
 ) -> SweepState {
     // By time only: at one instant the counts commute, and of the caps
     // the last received (`Ev::Cap::order`) wins below.
-    events.sort_unstable_by_key(|e| e.0);
+    sort_by_time(&mut events);
     let start = init.at;
     let has_cap = init.has_cap || events.iter().any(|e| matches!(e.1, Ev::Cap { .. }));
     let mut cap = init.cap;

@@ -638,3 +638,36 @@ fn timeline_columns_average_the_profile() {
         ]
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// The radix sort of long event lists orders them as a stable sort by
+    /// time does, over narrow and extreme time spreads alike.
+    #[test]
+    fn long_event_lists_sort_as_a_stable_sort_by_time(
+        base in any::<i64>(),
+        spread_bits in 0u32..64,
+        picks in prop::collection::vec((any::<u64>(), 0u8..5), RADIX_FROM..RADIX_FROM + 3000),
+    ) {
+        let events: Vec<(Nanos, Ev)> = picks
+            .iter()
+            .map(|&(x, k)| {
+                let off = if spread_bits == 0 { 0 } else { x >> (64 - spread_bits) };
+                let t = base.wrapping_add(off as i64);
+                let e = match k {
+                    0 => Ev::QueueIn,
+                    1 => Ev::QueueOut,
+                    2 => Ev::Admit,
+                    3 => Ev::Release { slot: x & 1 == 0 },
+                    _ => Ev::Cap { order: (x >> 3) as u32, value: 1 },
+                };
+                (t, e)
+            })
+            .collect();
+        let mut want = events.clone();
+        want.sort_by_key(|e| e.0);
+        let mut got = events;
+        sort_by_time(&mut got);
+        prop_assert_eq!(got, want);
+    }
+}
