@@ -317,15 +317,20 @@ fn sweep_all_each(
     sweep(init, events, end, cfg, piece)
 }
 
-/// Events from this many on are sorted by radix, fewer by comparison.
+/// Event lists from this many up to [`RADIX_UP_TO`] are sorted by radix,
+/// others by comparison.
 const RADIX_FROM: usize = 1 << 12;
 
-/// Sorts sweep events by time. A long list (a long run's whole sweep) is
-/// sorted by radix: 11 bits of the time at a time, least significant
-/// first, over the bits in which its times differ; a short one by
-/// comparison.
+/// Beyond this many events (4 MiB) a radix pass scatters over more memory
+/// than the caches hold, and a comparison sort is as fast.
+const RADIX_UP_TO: usize = 1 << 18;
+
+/// Sorts sweep events by time. A list of a few thousand events and more
+/// (a finalization's, or a run's whole sweep) is sorted by radix: 11 bits
+/// of the time a pass, least significant first, over the bits in which its
+/// times differ; a short or a very long one by comparison.
 fn sort_by_time(events: &mut Vec<(Nanos, Ev)>) {
-    if events.len() < RADIX_FROM {
+    if !(RADIX_FROM..=RADIX_UP_TO).contains(&events.len()) {
         events.sort_unstable_by_key(|e| e.0);
         return;
     }
