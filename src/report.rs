@@ -131,7 +131,7 @@ impl Summary {
     /// Summarizes samples (reordered in place). Percentiles are
     /// nearest-rank: the value at rank ⌈p·n/100⌉ of the sorted samples.
     ///
-    /// Beyond [`SORT_UP_TO`] samples each is found by selection, not a
+    /// Beyond 64 samples (`SORT_UP_TO`) each is found by selection, not a
     /// sort: p99 among all, then p90 among the values selection left below
     /// p99, then p50 below p90.
     /// Unstable selection is exact here: values equal under `total_cmp`
