@@ -146,20 +146,14 @@ impl Summary {
         if n <= SORT_UP_TO {
             // A few samples: a sort is cheaper than three selections.
             samples.sort_unstable_by(f64::total_cmp);
+        } else {
+            // Beyond 64 samples the three ranks differ: each selection
+            // leaves the smaller values before its rank for the next one.
+            samples.select_nth_unstable_by(i99, f64::total_cmp);
+            samples[..i99].select_nth_unstable_by(i90, f64::total_cmp);
+            samples[..i90].select_nth_unstable_by(i50, f64::total_cmp);
         }
-        let mut below = n;
-        let mut select = |i: usize| {
-            // Sorted samples hold every rank in place, and so does a rank
-            // selected before (few samples, ranks that coincide).
-            if i < below && n > SORT_UP_TO {
-                samples[..below].select_nth_unstable_by(i, f64::total_cmp);
-                below = i;
-            }
-            samples[i]
-        };
-        let p99 = select(i99);
-        let p90 = select(i90);
-        let p50 = select(i50);
+        let (p50, p90, p99) = (samples[i50], samples[i90], samples[i99]);
         let max = samples[i99..]
             .iter()
             .copied()

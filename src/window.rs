@@ -107,6 +107,12 @@ impl Acc {
         }
     }
 
+    /// The integral through the end of piece `s`, from this one up to its
+    /// start: the one running sum of a timeline's pieces.
+    fn through(&self, s: &Segment) -> Acc {
+        self.add_scaled(&s.rates(), s.end - s.start)
+    }
+
     fn minus(&self, o: &Acc) -> Acc {
         Acc {
             backlog: self.backlog - o.backlog,
@@ -256,7 +262,7 @@ impl Profile {
 /// totals without them are the same sums.
 fn running_integrals(segments: &[Segment]) -> impl Iterator<Item = Acc> + '_ {
     segments.iter().scan(Acc::default(), |acc, s| {
-        *acc = acc.add_scaled(&s.rates(), s.end - s.start);
+        *acc = acc.through(s);
         Some(*acc)
     })
 }
@@ -270,21 +276,21 @@ fn sweep_all(
     end: Nanos,
     cfg: &WindowConfig,
 ) -> (Vec<Segment>, SweepState) {
-    // A piece per event and one more (at most four events a request).
-    let mut segments = Vec::with_capacity(requests.len() * 4 + caps.len() + 1);
-    let state = sweep_all_each(requests, caps, start, end, cfg, |s| segments.push(s));
+    let (init, events) = whole_sweep(requests, caps, start, end, cfg);
+    let mut segments = Vec::with_capacity(events.len() + 1);
+    let state = sweep(init, events, end, cfg, |s| segments.push(s));
     (segments, state)
 }
 
-/// [`sweep_all`], handing each piece to `piece` instead of keeping them.
-fn sweep_all_each(
+/// The start state and the events of a sweep of a run's whole active range
+/// `[start, end)`, for [`sweep`].
+fn whole_sweep(
     requests: &[&Request],
     caps: &[CapPoint],
     start: Nanos,
     end: Nanos,
     cfg: &WindowConfig,
-    piece: impl FnMut(Segment),
-) -> SweepState {
+) -> (SweepState, Vec<(Nanos, Ev)>) {
     let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + caps.len());
     for r in requests {
         if let Some((a, b)) = queued_interval(r, end) {
@@ -314,7 +320,7 @@ fn sweep_all_each(
                 )
             }),
     );
-    sweep(init, events, end, cfg, piece)
+    (init, events)
 }
 
 /// Event lists from this many up to [`RADIX_UP_TO`] are sorted by radix,
@@ -1177,10 +1183,9 @@ pub fn run_totals(requests: &[&Request], caps: &[CapPoint], cfg: &WindowConfig) 
         counts.add(r);
     }
     // The same sum as `running_integrals`, piece by piece.
+    let (init, events) = whole_sweep(requests, caps, start, end, cfg);
     let mut whole = Acc::default();
-    let state = sweep_all_each(requests, caps, start, end, cfg, |s| {
-        whole = whole.add_scaled(&s.rates(), s.end - s.start);
-    });
+    let state = sweep(init, events, end, cfg, |s| whole = whole.through(&s));
     stats_of(&whole, end - start, state.has_cap, &counts)
 }
 
