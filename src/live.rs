@@ -181,8 +181,9 @@ fn open_events(
     from: Nanos,
     until: Nanos,
 ) -> (Vec<(Nanos, Ev)>, Vec<Mark>) {
-    let mut events = Vec::with_capacity(open.len() * 4);
-    let mut marks = Vec::with_capacity(open.len() * 4);
+    // Up to five events a request: both ends of its two intervals and its cap.
+    let mut events = Vec::with_capacity(open.len() * 5);
+    let mut marks = Vec::with_capacity(open.len() * 5);
     let mut caps: Vec<(u32, Nanos, u32, u32)> = Vec::with_capacity(open.len());
     for &i in open {
         let r = &reqs[i as usize];
@@ -1161,14 +1162,12 @@ impl<'a> Queued<'a> {
             let i = gaps.partition_point(|g| g.end <= a);
             gaps.get(i).is_some_and(|g| g.start < b)
         };
-        let mut q: Vec<(Nanos, Nanos, &Request)> = reqs
-            .iter()
-            .filter_map(|&r| {
-                queued_interval(r, run_end)
-                    .filter(|&iv| in_gap(iv))
-                    .map(|(a, b)| (a, b, r))
-            })
-            .collect();
+        let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::with_capacity(reqs.len());
+        q.extend(reqs.iter().filter_map(|&r| {
+            queued_interval(r, run_end)
+                .filter(|&iv| in_gap(iv))
+                .map(|(a, b)| (a, b, r))
+        }));
         // The queued time is the first timestamp: comparing it first
         // settles almost every pair.
         q.sort_unstable_by(|x, y| {
