@@ -2,7 +2,8 @@
 # How the cost per span scales with the number of live runs and with the
 # number of requests per run, measured by `tpsgap bench` (gRPC, 16 in flight,
 # 512-span requests, two spans per request). Runs go idle 2 s after the load
-# and the measurement waits for them, so it includes their finalization.
+# and the measurement waits for them, so it includes their finalization
+# (the column "of which after the load" is that wait: the runs' ends).
 #
 # Rounds are interleaved (every row once per round, on a fresh server), so a
 # noisy minute on a shared machine touches every row alike; prints each
@@ -26,24 +27,25 @@ for ((round = 1; round <= ROUNDS; round++)); do
 import json, sys
 r = json.load(sys.stdin)
 print(json.dumps({"row": sys.argv[1], "spans": int(sys.argv[2]), "spans_per_s": r["spans_per_s"],
-                  "cpu": r["cpu_s_per_million_spans"], "rss": r["peak_rss_mib"]}))
+                  "cpu": r["cpu_s_per_million_spans"],
+                  "settle": r["settle_cpu_s_per_million_spans"], "rss": r["peak_rss_mib"]}))
 ' "$row" "$spans" >>"$out"
   done
 done
 python3 - "$out" "${ROWS[@]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-print("| live runs | requests per run | spans | spans/s | server CPU-s per 1M spans | peak RSS |")
-print("|---|---|---|---|---|---|")
+print("| live runs | requests per run | spans | spans/s | server CPU-s per 1M spans | of which after the load | peak RSS |")
+print("|---|---|---|---|---|---|---|")
 cpus = []
 for row in sys.argv[2:]:
     rs = [r for r in rows if r["row"] == row]
     runs, per = map(int, row.split())
     cpu = statistics.median(r["cpu"] for r in rs)
     cpus.append(cpu)
-    print("| {:,} | {:,} | {:,} | {:,.0f} | {:.2f} | {:.0f} MiB |".format(
+    print("| {:,} | {:,} | {:,} | {:,.0f} | {:.2f} | {:.2f} | {:.0f} MiB |".format(
         runs, per, rs[0]["spans"], statistics.median(r["spans_per_s"] for r in rs), cpu,
-        max(r["rss"] for r in rs)))
+        statistics.median(r["settle"] for r in rs), max(r["rss"] for r in rs)))
 print()
 print("dearest / cheapest row: {:.2f}x".format(max(cpus) / min(cpus)))
 PY

@@ -8,7 +8,16 @@ use serde_json::Value;
 #[test]
 fn bench_loads_a_spawned_server_and_reports_json() {
     let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-        .args(["bench", "--spans", "20480", "--runs", "10", "--json"])
+        .args([
+            "bench",
+            "--spans",
+            "20480",
+            "--runs",
+            "10",
+            "--settle-ms",
+            "300",
+            "--json",
+        ])
         .env("RUST_LOG", "warn")
         .output()
         .expect("run tpsgap bench");
@@ -26,6 +35,11 @@ fn bench_loads_a_spawned_server_and_reports_json() {
     assert_eq!(v["rejected_spans"], 0, "{v}");
     let cpu = v["cpu_s_per_million_spans"].as_f64().expect("cpu figure");
     assert!(cpu > 0.0, "cpu_s_per_million_spans {cpu}");
+    // The CPU after the last response is a part of the whole.
+    let settle = v["settle_cpu_s_per_million_spans"]
+        .as_f64()
+        .expect("settle figure");
+    assert!((0.0..cpu).contains(&settle), "settle {settle} of {cpu}");
     let rss = v["peak_rss_mib"].as_f64().expect("rss figure");
     assert!(rss > 0.0, "peak_rss_mib {rss}");
     assert!(v["spans_per_s"].as_f64().expect("throughput") > 0.0, "{v}");

@@ -993,6 +993,9 @@ pub struct Measurement {
     /// (plus --settle-ms).
     pub server_cpu_s: f64,
     pub cpu_s_per_million_spans: f64,
+    /// Of that, what the server spent after the last response, during
+    /// --settle-ms: runs ending at their idle timeout, windows becoming final.
+    pub settle_cpu_s_per_million_spans: f64,
     /// `VmHWM` of the server: its peak RSS since it started.
     pub peak_rss_mib: f64,
     /// `VmRSS` of the server at the end.
@@ -1033,6 +1036,8 @@ pub struct BenchReport {
     pub spans_per_s: f64,
     /// Median over the repeats.
     pub cpu_s_per_million_spans: f64,
+    /// Median over the repeats: the part after the last response.
+    pub settle_cpu_s_per_million_spans: f64,
     /// Largest peak RSS over the repeats.
     pub peak_rss_mib: f64,
     /// Retries over all repeats.
@@ -1112,6 +1117,7 @@ async fn measure(
     let sent = send_all(&sender, bodies, a.in_flight).await;
     let wall_s = t0.elapsed().as_secs_f64();
     let self1 = cpu_seconds("self", ticks)?;
+    let cpu_sent = cpu_seconds(&pid, ticks).map_err(gone)?;
     let (retries, rejected) = sent.map_err(|e| {
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
         let hint = if alive {
@@ -1128,6 +1134,7 @@ async fn measure(
     let (peak, end) = rss_mib(&pid).map_err(gone)?;
     let runs_seen = server.runs_seen().await?;
     let server_cpu_s = cpu1 - cpu0;
+    let per_million = load.spans as f64 / 1e6;
     Ok(Measurement {
         repeat,
         spans: load.spans,
@@ -1135,7 +1142,8 @@ async fn measure(
         wall_s,
         spans_per_s: load.spans as f64 / wall_s.max(1e-9),
         server_cpu_s,
-        cpu_s_per_million_spans: server_cpu_s / (load.spans as f64 / 1e6),
+        cpu_s_per_million_spans: server_cpu_s / per_million,
+        settle_cpu_s_per_million_spans: (cpu1 - cpu_sent) / per_million,
         peak_rss_mib: peak,
         rss_end_mib: end,
         retries,
@@ -1281,8 +1289,13 @@ pub fn write_table(out: &mut impl Write, r: &BenchReport) -> std::io::Result<()>
     }
     writeln!(
         out,
-        "median: {:.0} spans/s, {:.3} server CPU-s per million spans; max peak RSS {:.1} MiB; {} retries, {} rejected spans",
-        r.spans_per_s, r.cpu_s_per_million_spans, r.peak_rss_mib, r.retries, r.rejected_spans
+        "median: {:.0} spans/s, {:.3} server CPU-s per million spans ({:.3} after the last response); max peak RSS {:.1} MiB; {} retries, {} rejected spans",
+        r.spans_per_s,
+        r.cpu_s_per_million_spans,
+        r.settle_cpu_s_per_million_spans,
+        r.peak_rss_mib,
+        r.retries,
+        r.rejected_spans
     )?;
     writeln!(
         out,
@@ -1327,6 +1340,7 @@ pub async fn run(a: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
         clock_ticks_per_s: ticks,
         spans_per_s: median(&col(|m| m.spans_per_s)),
         cpu_s_per_million_spans: median(&col(|m| m.cpu_s_per_million_spans)),
+        settle_cpu_s_per_million_spans: median(&col(|m| m.settle_cpu_s_per_million_spans)),
         peak_rss_mib: col(|m| m.peak_rss_mib).into_iter().fold(0.0, f64::max),
         retries: ms.iter().map(|m| m.retries).sum(),
         rejected_spans: ms.iter().map(|m| m.rejected_spans).sum(),
