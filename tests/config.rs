@@ -6,34 +6,49 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Command;
 
-use common::{final_run, free_port, http_get, http_post, root, ServeProc};
+use common::{final_run, free_ports, http_get, http_post, root, ServeProc};
 
 #[test]
 fn flags_env_and_file_in_that_order() {
     let dir = std::env::temp_dir().join(format!("tpsgap-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
-    let (grpc, http, file_api, env_api) = (free_port(), free_port(), free_port(), free_port());
     let cfg = dir.join("tpsgap.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "# every key is a serve flag\napi-listen = \"127.0.0.1:{file_api}\"\nhttp_listen = \"127.0.0.1:{http}\"\nwindow = \"60s\"\nstep = \"5s\"\nrun-idle-timeout = \"1s\"\n"
-        ),
-    )
-    .expect("write");
-    let p = ServeProc::spawn(
-        Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .args([
-                "--grpc-listen",
-                &format!("127.0.0.1:{grpc}"),
-                "--window",
-                "10s",
-            ])
-            .env("TPSGAP_API_LISTEN", format!("127.0.0.1:{env_api}"))
-            .env("TPSGAP_STEP", "5s"),
-    );
+    // The addresses are configured, so chosen before the server binds them:
+    // another program may take one in between, and then they are chosen
+    // again.
+    let start = || {
+        let [grpc, http, file_api, env_api] = free_ports();
+        std::fs::write(
+            &cfg,
+            format!(
+                "# every key is a serve flag\napi-listen = \"127.0.0.1:{file_api}\"\nhttp_listen = \"127.0.0.1:{http}\"\nwindow = \"60s\"\nstep = \"5s\"\nrun-idle-timeout = \"1s\"\n"
+            ),
+        )
+        .expect("write");
+        let p = ServeProc::try_spawn(
+            Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+                .args(["serve", "--config"])
+                .arg(&cfg)
+                .args([
+                    "--grpc-listen",
+                    &format!("127.0.0.1:{grpc}"),
+                    "--window",
+                    "10s",
+                ])
+                .env("TPSGAP_API_LISTEN", format!("127.0.0.1:{env_api}"))
+                .env("TPSGAP_STEP", "5s"),
+        );
+        (p, [grpc, http, file_api, env_api])
+    };
+    let mut attempt = 0;
+    let (p, [grpc, http, file_api, env_api]) = loop {
+        attempt += 1;
+        match start() {
+            (Ok(p), ports) => break (p, ports),
+            (Err(log), _) if attempt < 3 && log.contains("Address already in use") => {}
+            (Err(log), _) => panic!("tpsgap serve did not start:\n{log}"),
+        }
+    };
     let api: SocketAddr = format!("127.0.0.1:{env_api}").parse().expect("addr");
     assert_eq!(
         p.api, api,

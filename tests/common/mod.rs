@@ -131,10 +131,17 @@ pub fn final_run(api: SocketAddr, id: &str) -> Value {
 /// A free loopback port, for a program that cannot report the port it
 /// chose (Prometheus; tpsgap's own configured addresses).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    let [port] = free_ports();
+    port
+}
+
+/// `N` distinct free loopback ports: all are held until all are chosen,
+/// so no two are the same.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("free port").port())
 }
 
 /// A plain HTTP/1.1 POST: (status, lowercase headers, body).
@@ -307,6 +314,12 @@ impl ServeProc {
 
     /// Runs `cmd` (a `tpsgap serve`) and waits until its `/healthz` answers.
     pub fn spawn(cmd: &mut Command) -> ServeProc {
+        ServeProc::try_spawn(cmd).unwrap_or_else(|log| panic!("tpsgap serve did not start:\n{log}"))
+    }
+
+    /// As [`ServeProc::spawn`], but a server that does not start gives its
+    /// log (a port taken between choosing it and binding it, say).
+    pub fn try_spawn(cmd: &mut Command) -> Result<ServeProc, String> {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -334,9 +347,14 @@ impl ServeProc {
             api: ([0, 0, 0, 0], 0).into(),
             log,
         };
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("tpsgap serve did not start:\n{}", proc.log()));
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            // Stopped (if it still runs), its log is whole once the reader
+            // thread has read to the end of its stderr.
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+            std::thread::sleep(Duration::from_millis(50));
+            return Err(proc.log());
+        };
         let addr = |key: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -349,7 +367,7 @@ impl ServeProc {
             (http_get(api, "/healthz").0 == 200).then_some(())
         });
         assert!(up.is_some(), "no /healthz on {api}:\n{}", proc.log());
-        proc
+        Ok(proc)
     }
 
     /// What the server has logged so far.
