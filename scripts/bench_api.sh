@@ -5,26 +5,29 @@
 # (utime + stime from /proc) is read around them.
 #
 #   scripts/bench_api.sh
-#   PORT=29464 scripts/bench_api.sh     # another API port
+#   PORT=29464 scripts/bench_api.sh     # a fixed API port (default: one the server chooses)
 #   SPANS=20480 scripts/bench_api.sh    # quick (the test script's check that it works)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release/tpsgap}
 [ -x "$BIN" ] || cargo build --release --locked --bin tpsgap
-PORT=${PORT:-19464}
+PORT=${PORT:-0}
 SPANS=${SPANS:-1000000}
-api="http://127.0.0.1:$PORT"
 log=$(mktemp); out=$(mktemp)
 "$BIN" serve --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --api-listen "127.0.0.1:$PORT" 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log" "$out"' EXIT
-grpc=""
+# The bound addresses, from the line the server logs once bound.
+grpc=""; api=""
 for _ in $(seq 100); do
-  grpc=$(sed -n 's/.*grpc=\([0-9.:]*\).*/\1/p' "$log" | head -1)
-  [ -n "$grpc" ] && curl -fs -o /dev/null "$api/readyz" && break
+  line=$(grep -m1 'tpsgap serving' "$log" || true)
+  grpc=$(sed -n 's/.*grpc=\([0-9.:]*\).*/\1/p' <<<"$line")
+  api=$(sed -n 's/.* api=\([0-9.:]*\).*/\1/p' <<<"$line")
+  [ -n "$grpc" ] && [ -n "$api" ] && api="http://$api" && curl -fs -o /dev/null "$api/readyz" && break
+  grpc=""; api=""
   sleep 0.1
 done
-[ -n "$grpc" ] || { cat "$log" >&2; exit 1; }
+[ -n "$grpc" ] && [ -n "$api" ] || { cat "$log" >&2; exit 1; }
 "$BIN" bench --server-pid "$pid" --grpc-endpoint "http://$grpc" --spans "$SPANS" --repeat 1 >/dev/null
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }

@@ -11,17 +11,27 @@ cd "$(dirname "$0")/.."
 SECS=${1:-300}
 BIN=${BIN:-target/release/tpsgap}
 [ -x "$BIN" ] || cargo build --release --locked --bin tpsgap
-G=${SOAK_GRPC_PORT:-24417}; H=$((G + 1)); A=$((G + 2))
-"$BIN" serve --grpc-listen 127.0.0.1:$G --http-listen 127.0.0.1:$H --api-listen 127.0.0.1:$A \
-  --run-idle-timeout 2s --lateness 1h --keep-final-runs 20 --default-cap 8 2>/dev/null &
+# Ports of the server's choosing, read from the line it logs once bound.
+log=$(mktemp)
+"$BIN" serve --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --api-listen 127.0.0.1:0 \
+  --run-idle-timeout 2s --lateness 1h --keep-final-runs 20 --default-cap 8 2>"$log" &
 PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$A/healthz" >/dev/null && break; sleep 0.1; done
+trap 'kill $PID 2>/dev/null || true; rm -f "$log"' EXIT
+G=""; A=""
+for _ in $(seq 100); do
+  line=$(grep -m1 'tpsgap serving' "$log" || true)
+  G=$(sed -n 's/.*grpc=\([0-9.:]*\).*/\1/p' <<<"$line")
+  A=$(sed -n 's/.* api=\([0-9.:]*\).*/\1/p' <<<"$line")
+  [ -n "$G" ] && [ -n "$A" ] && curl -sf "http://$A/healthz" >/dev/null && break
+  G=""; A=""
+  sleep 0.1
+done
+[ -n "$G" ] && [ -n "$A" ] || { cat "$log" >&2; exit 1; }
 rss() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$PID/status"; }
 start=$(date +%s); i=0; spans=0; samples=()
 printf '%8s %6s %10s %8s\n' seconds runs spans rss_mib
 while [ $(( $(date +%s) - start )) -lt "$SECS" ]; do
-  out=$("$BIN" simulate --endpoint "http://127.0.0.1:$G" --run-id "soak-$i" --duration 60s --rate 50 \
+  out=$("$BIN" simulate --endpoint "http://$G" --run-id "soak-$i" --duration 60s --rate 50 \
         --start $((1800000000 + i * 100)) --seed "$i" 2>&1 | tail -1)
   spans=$((spans + $(echo "$out" | awk '{print $2}')))
   i=$((i + 1))
@@ -32,7 +42,7 @@ sleep 3
 r=$(rss); samples+=("$r")
 n=${#samples[@]}; half=$(( (n + 1) / 2 )); max_first=0
 for ((k = 0; k < half; k++)); do [ "${samples[$k]}" -gt "$max_first" ] && max_first=${samples[$k]}; done
-live=$(curl -sf "http://127.0.0.1:$A/metrics" | awk '/^tpsgap_live_runs / {print $2}')
+live=$(curl -sf "http://$A/metrics" | awk '/^tpsgap_live_runs / {print $2}')
 echo "soak: ${SECS}s, $i runs, $spans spans, RSS first half max ${max_first} MiB, end ${r} MiB, live runs at the end ${live}"
 if [ "$r" -gt $(( max_first * 13 / 10 + 1 )) ]; then
   echo "soak: RSS grew" >&2
