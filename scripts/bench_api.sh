@@ -17,17 +17,9 @@ log=$(mktemp); out=$(mktemp)
 "$BIN" serve --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --api-listen "127.0.0.1:$PORT" 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log" "$out"' EXIT
-# The bound addresses, from the line the server logs once bound.
-grpc=""; api=""
-for _ in $(seq 100); do
-  line=$(grep -m1 'tpsgap serving' "$log" || true)
-  grpc=$(sed -n 's/.*grpc=\([0-9.:]*\).*/\1/p' <<<"$line")
-  api=$(sed -n 's/.* api=\([0-9.:]*\).*/\1/p' <<<"$line")
-  [ -n "$grpc" ] && [ -n "$api" ] && api="http://$api" && curl -fs -o /dev/null "$api/readyz" && break
-  grpc=""; api=""
-  sleep 0.1
-done
-[ -n "$grpc" ] && [ -n "$api" ] || { cat "$log" >&2; exit 1; }
+. scripts/serving.sh
+serving "$log" || exit 1
+api="http://$api"
 "$BIN" bench --server-pid "$pid" --grpc-endpoint "http://$grpc" --spans "$SPANS" --repeat 1 >/dev/null
 tick=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }

@@ -17,21 +17,13 @@ log=$(mktemp)
   --run-idle-timeout 2s --lateness 1h --keep-final-runs 20 --default-cap 8 2>"$log" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -f "$log"' EXIT
-G=""; A=""
-for _ in $(seq 100); do
-  line=$(grep -m1 'tpsgap serving' "$log" || true)
-  G=$(sed -n 's/.*grpc=\([0-9.:]*\).*/\1/p' <<<"$line")
-  A=$(sed -n 's/.* api=\([0-9.:]*\).*/\1/p' <<<"$line")
-  [ -n "$G" ] && [ -n "$A" ] && curl -sf "http://$A/healthz" >/dev/null && break
-  G=""; A=""
-  sleep 0.1
-done
-[ -n "$G" ] && [ -n "$A" ] || { cat "$log" >&2; exit 1; }
+. scripts/serving.sh
+serving "$log" || exit 1
 rss() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$PID/status"; }
 start=$(date +%s); i=0; spans=0; samples=()
 printf '%8s %6s %10s %8s\n' seconds runs spans rss_mib
 while [ $(( $(date +%s) - start )) -lt "$SECS" ]; do
-  out=$("$BIN" simulate --endpoint "http://$G" --run-id "soak-$i" --duration 60s --rate 50 \
+  out=$("$BIN" simulate --endpoint "http://$grpc" --run-id "soak-$i" --duration 60s --rate 50 \
         --start $((1800000000 + i * 100)) --seed "$i" 2>&1 | tail -1)
   spans=$((spans + $(echo "$out" | awk '{print $2}')))
   i=$((i + 1))
@@ -42,7 +34,7 @@ sleep 3
 r=$(rss); samples+=("$r")
 n=${#samples[@]}; half=$(( (n + 1) / 2 )); max_first=0
 for ((k = 0; k < half; k++)); do [ "${samples[$k]}" -gt "$max_first" ] && max_first=${samples[$k]}; done
-live=$(curl -sf "http://$A/metrics" | awk '/^tpsgap_live_runs / {print $2}')
+live=$(curl -sf "http://$api/metrics" | awk '/^tpsgap_live_runs / {print $2}')
 echo "soak: ${SECS}s, $i runs, $spans spans, RSS first half max ${max_first} MiB, end ${r} MiB, live runs at the end ${live}"
 if [ "$r" -gt $(( max_first * 13 / 10 + 1 )) ]; then
   echo "soak: RSS grew" >&2

@@ -330,7 +330,7 @@ impl ServeProc {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("tpsgap serving") {
                     let _ = tx.send(line.clone());
@@ -352,7 +352,7 @@ impl ServeProc {
             // thread has read to the end of its stderr.
             let _ = proc.child.kill();
             let _ = proc.child.wait();
-            std::thread::sleep(Duration::from_millis(50));
+            let _ = reader.join();
             return Err(proc.log());
         };
         let addr = |key: &str| -> SocketAddr {
