@@ -40,6 +40,8 @@ cargo build --locked --bin tpsgap
 BIN=target/debug/tpsgap scripts/soak.sh 20
 # The API benchmark, small, to prove it still works (figures in BENCHMARKS.md).
 BIN=target/debug/tpsgap SPANS=20480 scripts/bench_api.sh
+# The idle-runs benchmark, small, likewise.
+BIN=target/debug/tpsgap IDLE_S=1 RUNS_LIST=100 scripts/bench_idle.sh
 
 # --all-targets also runs each benchmark once, small, to prove it still
 # works (the figures are in BENCHMARKS.md).

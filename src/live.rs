@@ -140,9 +140,10 @@ pub struct IngestOutcome {
 struct LiveRun {
     join: RunState,
     first_seen_unix_ns: Nanos,
-    /// Restored runs count as just seen.
-    #[serde(skip, default = "Instant::now")]
-    last_span: Instant,
+    /// What a tick checks of every live run (restored runs count as just
+    /// seen, and are checked in full until refreshed).
+    #[serde(skip, default = "Due::restored")]
+    due: Due,
     /// The first window / step slice not yet final (`None` before the first
     /// computation).
     next_window: Option<i64>,
@@ -382,12 +383,39 @@ pub struct RunSummary {
     pub totals: Stats,
 }
 
+/// What a tick reads of each live run to find the runs with work, kept
+/// together (one cache line rather than fields spread over the run's
+/// state) and ready to compare: when the run last had a span, its largest
+/// timestamp, and the largest timestamp from which a window or step slice
+/// of it is final ([`Engine::final_from`]).
+#[derive(Clone, Copy)]
+struct Due {
+    last_span: Instant,
+    max_stamp: Nanos,
+    final_from: Nanos,
+}
+
+impl Due {
+    /// Unknown yet: checked in full by every tick.
+    fn restored() -> Due {
+        Due {
+            last_span: Instant::now(),
+            max_stamp: Nanos::MAX,
+            final_from: Nanos::MIN,
+        }
+    }
+}
+
 impl LiveRun {
     fn new(first_seen_unix_ns: Nanos, last_span: Instant) -> LiveRun {
         LiveRun {
             join: RunState::default(),
             first_seen_unix_ns,
-            last_span,
+            due: Due {
+                last_span,
+                max_stamp: Nanos::MIN,
+                final_from: Nanos::MAX,
+            },
             next_window: None,
             next_slice: None,
             gaps_done_until: i64::MIN,
@@ -569,6 +597,8 @@ impl Engine {
     pub fn restore(&self, snap: EngineSnapshot) {
         for (id, mut run) in snap.runs {
             run.join.reindex();
+            run.due.max_stamp = run.join.max_stamp.unwrap_or(Nanos::MIN);
+            run.due.final_from = self.final_from(&run);
             if self.runs.insert(id, run).is_none() {
                 self.live.fetch_add(1, Ordering::Relaxed);
             }
@@ -670,7 +700,8 @@ impl Engine {
         now: Now,
         out: &mut IngestOutcome,
     ) {
-        run.last_span = now.mono;
+        run.due.last_span = now.mono;
+        let min_before = run.join.min_stamp;
         for o in spans {
             if o.is_request()
                 && run.join.len() >= self.cfg.max_requests_per_run
@@ -694,6 +725,10 @@ impl Engine {
             }
             run.join.apply(o);
         }
+        run.due.max_stamp = run.join.max_stamp.unwrap_or(Nanos::MIN);
+        if run.join.min_stamp != min_before {
+            run.due.final_from = self.final_from(run);
+        }
     }
 
     /// Exports what became final: windows whose end the watermark reached,
@@ -708,20 +743,22 @@ impl Engine {
     /// [`Engine::tick`], handing each run's output to `each` as soon as it
     /// is made (so many runs ending at once are never all held in memory).
     pub fn tick_each(&self, now: Now, finalize_all: bool, mut each: impl FnMut(RunOutput)) {
-        let idle = |r: &LiveRun| {
-            finalize_all || now.mono.saturating_duration_since(r.last_span) >= self.cfg.idle_timeout
-        };
+        // Idle: the last span at or before `idle_before`.
+        let idle_before = now.mono.checked_sub(self.cfg.idle_timeout);
+        let idle = |r: &LiveRun| finalize_all || idle_before.is_some_and(|t| r.due.last_span <= t);
         // Only the runs with something to do are named (not every live run
-        // on every tick); each is checked again under its lock below.
+        // on every tick); each is checked again under its lock below. The
+        // check reads each run's `due` alone (but for runs with work).
         let due: Vec<String> = self
             .runs
             .iter()
             .filter(|e| {
                 let r = e.value();
                 idle(r)
-                    || r.join.max_stamp.is_some_and(|max| {
-                        self.has_new_final(r, max.saturating_sub(self.cfg.lateness))
-                    })
+                    || (r.due.max_stamp >= r.due.final_from
+                        && r.join.max_stamp.is_some_and(|max| {
+                            self.has_new_final(r, max.saturating_sub(self.cfg.lateness))
+                        }))
             })
             .map(|e| e.key().clone())
             .collect();
@@ -741,6 +778,7 @@ impl Engine {
                 let wm = max.saturating_sub(self.cfg.lateness);
                 if self.has_new_final(&run, wm) {
                     let out = self.advance(&id, &mut run, Some(wm), None);
+                    run.due.final_from = self.final_from(&run);
                     drop(run);
                     if !out.is_empty() {
                         each(out);
@@ -749,6 +787,24 @@ impl Engine {
             }
         }
         self.prune_finals(now.mono);
+    }
+
+    /// The smallest largest timestamp with which a window or step slice
+    /// of `run` is final: [`Engine::has_new_final`] at the watermark of a
+    /// largest timestamp below this is false. `Nanos::MAX` for a run
+    /// without timestamps.
+    fn final_from(&self, run: &LiveRun) -> Nanos {
+        let w = &self.cfg.window;
+        let Some(min) = run.join.min_stamp else {
+            return Nanos::MAX;
+        };
+        let window = run
+            .next_window
+            .unwrap_or_else(|| windows_overlapping(min, min + 1, w).0);
+        let slice = run.next_slice.unwrap_or_else(|| min.div_euclid(w.step));
+        let window_end = window.saturating_mul(w.step).saturating_add(w.window);
+        let slice_end = slice.saturating_add(1).saturating_mul(w.step);
+        window_end.min(slice_end).saturating_add(self.cfg.lateness)
     }
 
     fn has_new_final(&self, run: &LiveRun, wm: Nanos) -> bool {

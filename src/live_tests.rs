@@ -69,25 +69,29 @@ fn window_starts(outs: &[RunOutput]) -> Vec<i64> {
         .collect()
 }
 
-#[test]
-fn windows_become_final_as_the_watermark_passes_their_end() {
+/// An engine with 10 s windows and steps and 5 s of lateness, fed `first`
+/// at 0 s and `second` at 1 s, each followed by a tick: what each tick
+/// made final.
+fn two_steps(
+    first: Extracted<'_>,
+    second: Extracted<'_>,
+) -> (Engine, Clock, Vec<RunOutput>, Vec<RunOutput>) {
     let e = Engine::new(cfg(10, 10, 5));
     let c = Clock(Instant::now());
-    e.ingest(
-        vec![obs("r", "A", Some(0.0), Some(0.0), Some(3.0))],
-        c.at(0),
-    )
-    .unwrap();
-    assert!(
-        e.tick(c.at(0), false).is_empty(),
-        "watermark -2 s: nothing final"
+    e.ingest(vec![first], c.at(0)).unwrap();
+    let outs = e.tick(c.at(0), false);
+    e.ingest(vec![second], c.at(1)).unwrap();
+    let more = e.tick(c.at(1), false);
+    (e, c, outs, more)
+}
+
+#[test]
+fn windows_become_final_as_the_watermark_passes_their_end() {
+    let (e, c, first, outs) = two_steps(
+        obs("r", "A", Some(0.0), Some(0.0), Some(3.0)),
+        obs("r", "B", Some(2.0), Some(12.0), Some(16.0)),
     );
-    e.ingest(
-        vec![obs("r", "B", Some(2.0), Some(12.0), Some(16.0))],
-        c.at(1),
-    )
-    .unwrap();
-    let outs = e.tick(c.at(1), false);
+    assert!(first.is_empty(), "watermark -2 s: nothing final");
     assert_eq!(
         window_starts(&outs),
         vec![0],
@@ -152,6 +156,27 @@ fn windows_become_final_as_the_watermark_passes_their_end() {
     assert_eq!(view.late_spans, 1);
     assert_eq!(e.list()[0].state, RunPhase::Final);
     assert_eq!(e.counters.late_spans.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn an_earlier_span_makes_earlier_windows_due() {
+    // The tick reads a run's precomputed threshold; a span older than the
+    // run's first moves it back, so earlier windows become final as soon
+    // as the watermark passes them.
+    let (e, c, first, outs) = two_steps(
+        obs("r", "A", Some(25.0), Some(25.0), Some(28.0)),
+        obs("r", "B", Some(0.0), Some(1.0), Some(3.0)),
+    );
+    assert!(
+        first.is_empty(),
+        "watermark 23 s, first window [20,30): nothing final"
+    );
+    assert_eq!(
+        window_starts(&outs),
+        vec![0, 10],
+        "watermark 23 s: [0,10) and [10,20) are final"
+    );
+    assert!(e.tick(c.at(2), false).is_empty(), "nothing new");
 }
 
 #[test]
