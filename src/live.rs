@@ -789,10 +789,9 @@ impl Engine {
         self.prune_finals(now.mono);
     }
 
-    /// The smallest largest timestamp with which a window or step slice
-    /// of `run` is final: [`Engine::has_new_final`] at the watermark of a
-    /// largest timestamp below this is false. `Nanos::MAX` for a run
-    /// without timestamps.
+    /// From which largest timestamp a window or step slice of `run` is
+    /// final: below it, [`Engine::has_new_final`] at that timestamp's
+    /// watermark is false. `Nanos::MAX` for a run without timestamps.
     fn final_from(&self, run: &LiveRun) -> Nanos {
         let w = &self.cfg.window;
         let Some(min) = run.join.min_stamp else {
