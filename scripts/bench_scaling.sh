@@ -8,7 +8,8 @@
 # Rounds are interleaved (every row once per round, on a fresh server), so a
 # noisy minute on a shared machine touches every row alike; prints each
 # row's median over the rounds and, last, the ratio of the dearest row to
-# the cheapest.
+# the cheapest: over all rows, and over each of the two ranges of the
+# target (1 to 10,000 live runs; 10 to 100,000 requests per run).
 #
 #   scripts/bench_scaling.sh            # 3 rounds
 set -euo pipefail
@@ -48,4 +49,11 @@ for row in sys.argv[2:]:
         statistics.median(r["settle"] for r in rs), max(r["rss"] for r in rs)))
 print()
 print("dearest / cheapest row: {:.2f}x".format(max(cpus) / min(cpus)))
+# The target's two ranges: 1 to 10,000 live runs (the rows of runs of 100
+# requests or more), and 10 to 100,000 requests per run.
+shape = [tuple(map(int, row.split())) for row in sys.argv[2:]]
+for name, keep in [("1 to 10,000 live runs", lambda r, p: p >= 100),
+                   ("10 to 100,000 requests per run", lambda r, p: 10 <= p <= 100_000)]:
+    xs = [c for (r, p), c in zip(shape, cpus) if keep(r, p)]
+    print("{}: {:.2f}x".format(name, max(xs) / min(xs)))
 PY
