@@ -747,18 +747,14 @@ impl Engine {
         let idle_before = now.mono.checked_sub(self.cfg.idle_timeout);
         let idle = |r: &LiveRun| finalize_all || idle_before.is_some_and(|t| r.due.last_span <= t);
         // Only the runs with something to do are named (not every live run
-        // on every tick); each is checked again under its lock below. The
-        // check reads each run's `due` alone (but for runs with work).
+        // on every tick), from each run's `due` alone; each is checked
+        // exactly under its lock below.
         let due: Vec<String> = self
             .runs
             .iter()
             .filter(|e| {
                 let r = e.value();
-                idle(r)
-                    || (r.due.max_stamp >= r.due.final_from
-                        && r.join.max_stamp.is_some_and(|max| {
-                            self.has_new_final(r, max.saturating_sub(self.cfg.lateness))
-                        }))
+                idle(r) || r.due.max_stamp >= r.due.final_from
             })
             .map(|e| e.key().clone())
             .collect();
@@ -789,10 +785,10 @@ impl Engine {
         self.prune_finals(now.mono);
     }
 
-    /// From which largest timestamp a window or step slice of `run` is
-    /// final: below it, [`Engine::has_new_final`] at that timestamp's
-    /// watermark is false. `Nanos::MAX` for a run without timestamps.
-    fn final_from(&self, run: &LiveRun) -> Nanos {
+    /// The watermark from which a window or step slice of `run` not yet
+    /// final is: the end of the first of them. `Nanos::MAX` for a run
+    /// without timestamps.
+    fn final_at(&self, run: &LiveRun) -> Nanos {
         let w = &self.cfg.window;
         let Some(min) = run.join.min_stamp else {
             return Nanos::MAX;
@@ -803,19 +799,17 @@ impl Engine {
         let slice = run.next_slice.unwrap_or_else(|| min.div_euclid(w.step));
         let window_end = window.saturating_mul(w.step).saturating_add(w.window);
         let slice_end = slice.saturating_add(1).saturating_mul(w.step);
-        window_end.min(slice_end).saturating_add(self.cfg.lateness)
+        window_end.min(slice_end)
+    }
+
+    /// [`Engine::final_at`] as a largest timestamp (the watermark plus the
+    /// lateness), for [`Due::final_from`].
+    fn final_from(&self, run: &LiveRun) -> Nanos {
+        self.final_at(run).saturating_add(self.cfg.lateness)
     }
 
     fn has_new_final(&self, run: &LiveRun, wm: Nanos) -> bool {
-        let w = &self.cfg.window;
-        let Some(min) = run.join.min_stamp else {
-            return false;
-        };
-        let window = run
-            .next_window
-            .unwrap_or_else(|| windows_overlapping(min, min + 1, w).0);
-        let slice = run.next_slice.unwrap_or_else(|| min.div_euclid(w.step));
-        window * w.step + w.window <= wm || (slice + 1) * w.step <= wm
+        self.final_at(run) <= wm
     }
 
     /// Takes out everything left of a run that ends, and its whole report
