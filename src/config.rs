@@ -196,6 +196,7 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
                 max_requests_per_run: a.max_requests_per_run,
                 keep_final_runs: a.keep_final_runs,
                 keep_final_for: a.keep_final_for,
+                report_when_asked_up_to: crate::live::REPORT_WHEN_ASKED_UP_TO,
             },
             otlp_endpoint: a.otlp_endpoint.clone(),
             preset: a.preset,

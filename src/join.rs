@@ -168,6 +168,17 @@ impl RunState {
         })
     }
 
+    /// Drops what only joining and the live sweep need (the loose caps'
+    /// set, the open requests, and the key index unless a loose cap names a
+    /// request), keeping what a report is made from.
+    pub fn settle(&mut self) {
+        self.loose_seen = HashSet::default();
+        self.open = Vec::new();
+        if self.loose_caps.iter().all(|c| c.request.is_none()) {
+            self.index = HashMap::default();
+        }
+    }
+
     /// Rebuilds the key index and the loose caps' set (after deserializing).
     pub fn reindex(&mut self) {
         self.index = self

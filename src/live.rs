@@ -61,7 +61,16 @@ pub struct LiveConfig {
     pub keep_final_runs: usize,
     /// … for at most this long.
     pub keep_final_for: Duration,
+    /// A finished run of at most this many requests keeps its request
+    /// records and makes its report when first asked for (see
+    /// [`FinalRun`]); a larger one makes it as it ends.
+    pub report_when_asked_up_to: usize,
 }
+
+/// [`LiveConfig::report_when_asked_up_to`]'s default: up to 64 requests, a
+/// run's records (112 bytes each) take no more room than its report and
+/// the pieces of its timeline.
+pub const REPORT_WHEN_ASKED_UP_TO: usize = 64;
 
 impl Default for LiveConfig {
     fn default() -> Self {
@@ -73,6 +82,7 @@ impl Default for LiveConfig {
             max_requests_per_run: 1_000_000,
             keep_final_runs: 1_000,
             keep_final_for: Duration::from_secs(3_600),
+            report_when_asked_up_to: REPORT_WHEN_ASKED_UP_TO,
         }
     }
 }
@@ -242,13 +252,107 @@ fn open_events(
     (events, marks)
 }
 
-/// A finished run kept for the API.
-#[derive(Clone, Serialize, Deserialize)]
+/// A finished run kept for the API: its report (with the windows it
+/// exported) and its timeline.
+///
+/// A small run keeps its request records instead and makes the two when
+/// first asked for: thousands of short runs can end in a second, and most
+/// of their reports are never read (the API keeps the last
+/// `keep_final_runs`), while a report read is made once and kept.
+#[derive(Clone)]
 struct FinalRun {
+    made: std::sync::Arc<FinalReport>,
+    at: Instant,
+}
+
+/// A finished run's report and timeline, made at most once.
+struct FinalReport {
+    made: std::sync::OnceLock<(RunReport, Drawing)>,
+    /// What they are made from, until they are.
+    pending: Mutex<Option<Pending>>,
+}
+
+/// A finished run's records, for its report.
+struct Pending {
+    id: String,
+    join: RunState,
+    windows: Vec<WindowReport>,
+    late_spans: u64,
+    window: WindowConfig,
+}
+
+impl FinalRun {
+    fn made(report: RunReport, timeline: Drawing, at: Instant) -> FinalRun {
+        FinalRun {
+            made: std::sync::Arc::new(FinalReport {
+                made: std::sync::OnceLock::from((report, timeline)),
+                pending: Mutex::new(None),
+            }),
+            at,
+        }
+    }
+
+    fn pending(p: Pending, at: Instant) -> FinalRun {
+        FinalRun {
+            made: std::sync::Arc::new(FinalReport {
+                made: std::sync::OnceLock::new(),
+                pending: Mutex::new(Some(p)),
+            }),
+            at,
+        }
+    }
+}
+
+impl FinalReport {
+    /// The report and timeline, made now if they were not yet (the
+    /// records are then released).
+    fn get(&self) -> &(RunReport, Drawing) {
+        self.made.get_or_init(|| {
+            let pending = match self.pending.lock() {
+                Ok(mut p) => p.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            pending.map(Pending::make).unwrap_or_default()
+        })
+    }
+}
+
+impl Pending {
+    fn make(self) -> (RunReport, Drawing) {
+        let (mut report, timeline) =
+            self.join
+                .report_at_end(&self.id, &self.window, None, TIMELINE_COLUMNS);
+        report.windows = self.windows;
+        report.late_spans = self.late_spans;
+        (report, timeline)
+    }
+}
+
+/// A finished run as a checkpoint holds it: its report and timeline.
+#[derive(Serialize)]
+struct StoredFinalRef<'a> {
+    report: &'a RunReport,
+    timeline: &'a Drawing,
+}
+
+#[derive(Deserialize)]
+struct StoredFinal {
     report: RunReport,
     timeline: Drawing,
-    #[serde(skip, default = "Instant::now")]
-    at: Instant,
+}
+
+impl Serialize for FinalRun {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (report, timeline) = self.made.get();
+        StoredFinalRef { report, timeline }.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for FinalRun {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let f = StoredFinal::deserialize(d)?;
+        Ok(FinalRun::made(f.report, f.timeline, Instant::now()))
+    }
 }
 
 /// Finished runs, oldest first, with their ids in a set (a run id can
@@ -759,13 +863,11 @@ impl Engine {
             .map(|e| e.key().clone())
             .collect();
         for id in due {
-            if let Some((_, mut run)) = self.runs.remove_if(&id, |_, r| idle(r)) {
+            if let Some((_, run)) = self.runs.remove_if(&id, |_, r| idle(r)) {
                 self.live.fetch_sub(1, Ordering::Relaxed);
-                let (out, mut report, timeline) = self.end_run(&id, &mut run);
-                report.windows = std::mem::take(&mut run.windows);
-                report.late_spans = run.late_spans;
+                let (out, fin) = self.end_run(&id, run, now.mono);
                 self.counters.runs_finalized.fetch_add(1, Ordering::Relaxed);
-                self.remember(id, report, timeline, now.mono);
+                self.remember(id, fin);
                 each(out);
             } else if let Some(mut run) = self.runs.get_mut(&id) {
                 let Some(max) = run.join.max_stamp else {
@@ -812,20 +914,36 @@ impl Engine {
         self.final_at(run) <= wm
     }
 
-    /// Takes out everything left of a run that ends, and its whole report
-    /// (without windows: the run has them) and timeline.
-    fn end_run(&self, id: &str, run: &mut LiveRun) -> (RunOutput, RunReport, Drawing) {
+    /// Takes out everything left of a run that ends, and what the API keeps
+    /// of it: its whole report (with the windows it exported) and
+    /// timeline, or for a small run the records they are made from.
+    fn end_run(&self, id: &str, mut run: LiveRun, at: Instant) -> (RunOutput, FinalRun) {
+        if run.join.len() <= self.cfg.report_when_asked_up_to {
+            let out = self.advance(id, &mut run, None, None);
+            let mut join = run.join;
+            join.settle();
+            let pending = Pending {
+                id: id.to_string(),
+                join,
+                windows: run.windows,
+                late_spans: run.late_spans,
+                window: self.cfg.window,
+            };
+            return (out, FinalRun::pending(pending, at));
+        }
         // A run never finalized before is swept once here, over its whole
         // range, and its report is made from the same pieces.
         let fresh = run.sweep.is_none();
         let mut pieces = Vec::new();
-        let out = self.advance(id, run, None, fresh.then_some(&mut pieces));
+        let out = self.advance(id, &mut run, None, fresh.then_some(&mut pieces));
         let has_cap = run.ledger.as_ref().is_some_and(|l| l.has_cap);
         let swept = fresh.then_some((&pieces[..], has_cap));
-        let (report, drawing) =
+        let (mut report, timeline) =
             run.join
                 .report_at_end(id, &self.cfg.window, swept, TIMELINE_COLUMNS);
-        (out, report, drawing)
+        report.windows = run.windows;
+        report.late_spans = run.late_spans;
+        (out, FinalRun::made(report, timeline, at))
     }
 
     /// Takes out what is final up to watermark `wm` (everything when `wm`
@@ -1036,18 +1154,11 @@ impl Engine {
         out
     }
 
-    fn remember(&self, id: String, report: RunReport, timeline: Drawing, at: Instant) {
+    fn remember(&self, id: String, run: FinalRun) {
         let Ok(mut finals) = self.finals.lock() else {
             return;
         };
-        finals.push(
-            id,
-            FinalRun {
-                report,
-                timeline,
-                at,
-            },
-        );
+        finals.push(id, run);
         while finals.len() > self.cfg.keep_final_runs {
             if let Some((gone, _)) = finals.pop_front() {
                 self.note_forgotten(gone);
@@ -1095,7 +1206,8 @@ impl Engine {
             rep.late_spans = run.late_spans;
             return Some((rep, RunPhase::Live));
         }
-        self.final_run(id, |f| (f.report.clone(), RunPhase::Final))
+        let f = self.final_run(id)?;
+        Some((f.get().0.clone(), RunPhase::Final))
     }
 
     /// [`Engine::run_view`] plus a timeline of the run, for the web page.
@@ -1108,22 +1220,24 @@ impl Engine {
             rep.late_spans = run.late_spans;
             return Some((rep, RunPhase::Live, drawing.columns(TIMELINE_COLUMNS)));
         }
-        self.final_run(id, |f| {
-            (
-                f.report.clone(),
-                RunPhase::Final,
-                f.timeline.columns(TIMELINE_COLUMNS),
-            )
-        })
+        let f = self.final_run(id)?;
+        let (report, timeline) = f.get();
+        Some((
+            report.clone(),
+            RunPhase::Final,
+            timeline.columns(TIMELINE_COLUMNS),
+        ))
     }
 
-    fn final_run<T>(&self, id: &str, f: impl FnOnce(&FinalRun) -> T) -> Option<T> {
+    /// A kept run's report, to be read outside the lock of the kept runs
+    /// (it may be made on the way).
+    fn final_run(&self, id: &str) -> Option<std::sync::Arc<FinalReport>> {
         let finals = self.finals.lock().ok()?;
         finals
             .iter()
             .rev()
             .find(|(i, _)| i == id)
-            .map(|(_, r)| f(r))
+            .map(|(_, r)| r.made.clone())
     }
 
     /// Every live and kept run with its totals, open_reqs by `run_id`.
@@ -1139,27 +1253,33 @@ impl Engine {
                     state: RunPhase::Live,
                     totals,
                 });
-            } else if let Some(totals) = self.final_run(&id, |f| f.report.totals.clone()) {
+            } else if let Some(f) = self.final_run(&id) {
                 out.push(RunSummary {
                     run_id: id,
                     state: RunPhase::Final,
-                    totals,
+                    totals: f.get().0.totals.clone(),
                 });
             }
         }
-        if let Ok(finals) = self.finals.lock() {
-            let live: std::collections::HashSet<String, FastHash> =
-                out.iter().map(|s| s.run_id.clone()).collect();
-            for (id, f) in finals.iter() {
-                if !live.contains(id) {
-                    out.push(RunSummary {
-                        run_id: id.clone(),
-                        state: RunPhase::Final,
-                        totals: f.report.totals.clone(),
-                    });
-                }
+        // The kept runs are taken under their lock, their totals read (and
+        // reports made) after it.
+        let kept: Vec<(String, std::sync::Arc<FinalReport>)> = match self.finals.lock() {
+            Ok(finals) => {
+                let live: std::collections::HashSet<&str, FastHash> =
+                    out.iter().map(|s| s.run_id.as_str()).collect();
+                finals
+                    .iter()
+                    .filter(|(id, _)| !live.contains(id.as_str()))
+                    .map(|(id, f)| (id.clone(), f.made.clone()))
+                    .collect()
             }
-        }
+            Err(_) => Vec::new(),
+        };
+        out.extend(kept.into_iter().map(|(run_id, f)| RunSummary {
+            run_id,
+            state: RunPhase::Final,
+            totals: f.get().0.totals.clone(),
+        }));
         out.sort_by(|a, b| a.run_id.cmp(&b.run_id));
         out
     }

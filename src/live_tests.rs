@@ -307,9 +307,10 @@ fn random_run() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
-    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>()) {
+    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>(), when_asked in any::<bool>()) {
         prop_assume!(!reqs.is_empty());
-        let lc = cfg(step + extra, step, 5);
+        // The final report made as the run ends, or when first asked for.
+        let lc = LiveConfig { report_when_asked_up_to: if when_asked { 64 } else { 0 }, ..cfg(step + extra, step, 5) };
         let e = Engine::new(lc.clone());
         let c = Clock(Instant::now());
         let mut order: Vec<usize> = (0..reqs.len()).collect();
@@ -475,5 +476,92 @@ proptest! {
         for run in run_names {
             prop_assert_eq!(batch.run_view(run), one_by_one.run_view(run));
         }
+    }
+}
+
+/// An engine that made a report as run "r" ended (`up_to` 0) or keeps
+/// its records to make it when asked (`up_to` at least its requests), fed
+/// `batch` and ended.
+fn ended_run(up_to: usize, batch: Vec<Extracted<'static>>) -> Engine {
+    let c = Clock(Instant::now());
+    let e = Engine::new(LiveConfig {
+        report_when_asked_up_to: up_to,
+        ..cfg(10, 5, 0)
+    });
+    e.ingest(batch, c.at(0)).unwrap();
+    assert_eq!(e.tick(c.at(10_000), false).len(), 1, "the run ends");
+    e
+}
+
+/// A small run's final report is made when first asked for, from its kept
+/// records: the same report, timeline and list entry as one made as the
+/// run ends, also through a checkpoint written before anyone asked.
+#[test]
+fn a_report_made_when_asked_equals_one_made_at_the_end() {
+    let batch = || {
+        vec![
+            obs("r", "a", Some(0.0), Some(1.0), Some(3.0)),
+            obs("r", "b", Some(0.5), Some(3.0), Some(4.0)),
+            obs("r", "c", Some(6.0), Some(6.5), Some(9.0)),
+        ]
+    };
+    // Made at the end (3 requests over the limit of 2) and when asked.
+    let (at_end, asked) = (ended_run(2, batch()), ended_run(3, batch()));
+    let checkpoint = serde_json::to_string(&asked.snapshot()).expect("snapshot");
+    let restored = Engine::new(cfg(10, 5, 0));
+    restored.restore(serde_json::from_str(&checkpoint).expect("restore"));
+
+    let (report, phase, timeline) = at_end.run_page("r").expect("kept");
+    assert_eq!(phase, RunPhase::Final);
+    // Cap 1: A waits alone in [0, 1) (B from 0.5), then runs; C waits
+    // alone in [6, 6.5). Two gaps, of 1 s and 0.5 s.
+    assert_eq!(report.requests.total, 3);
+    let gaps: Vec<f64> = report.gaps.iter().map(|g| g.seconds).collect();
+    assert_eq!(gaps, [1.0, 0.5]);
+    assert_eq!(report.windows.len(), 3, "windows [-5, 5), [0, 10), [5, 15)");
+    for e in [&asked, &restored] {
+        assert_eq!(
+            e.run_page("r").expect("kept"),
+            (report.clone(), phase, timeline.clone())
+        );
+        assert_eq!(e.run_view("r").expect("kept"), (report.clone(), phase));
+        let listed = e.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].totals, report.totals);
+    }
+}
+
+/// A cap sent before its request had a time (a loose cap naming the
+/// request) takes the request's time when the report is made, also when
+/// that is after the run ended.
+#[test]
+fn a_report_made_when_asked_places_a_loose_cap_at_its_request() {
+    let batch = || {
+        // Cap 2 for A, on a span of its own that starts at 5 s and comes
+        // before any time of A; A's own span carries no cap.
+        let Extracted::Observation(mut loose) = obs("r", "a", None, None, None) else {
+            unreachable!("an observation");
+        };
+        loose.cap = Some(2);
+        loose.span_start = T0 + 5 * SEC;
+        let Extracted::Observation(mut a) = obs("r", "a", Some(0.0), Some(1.0), Some(3.0)) else {
+            unreachable!("an observation");
+        };
+        a.cap = None;
+        vec![
+            Extracted::Observation(loose),
+            Extracted::Observation(a),
+            obs("r", "b", Some(0.5), Some(3.0), Some(4.0)),
+            obs("r", "c", Some(6.0), Some(6.5), Some(9.0)),
+        ]
+    };
+    // Cap 2 from A's admission at 1 s (and before it, as the first), 1 from
+    // B's at 3 s: B waits in [1, 3) with one request in flight under a cap
+    // of 2, so the first gap is [0, 3). Placed at its span's start (5 s),
+    // the cap of 2 would leave [0, 1) alone.
+    for up_to in [0, 4] {
+        let (report, _) = ended_run(up_to, batch()).run_view("r").expect("kept");
+        let gaps: Vec<f64> = report.gaps.iter().map(|g| g.seconds).collect();
+        assert_eq!(gaps, [3.0, 0.5], "up_to {up_to}");
     }
 }
