@@ -67,10 +67,11 @@ pub struct LiveConfig {
     pub report_when_asked_up_to: usize,
 }
 
-/// [`LiveConfig::report_when_asked_up_to`]'s default: up to 64 requests, a
-/// run's records (112 bytes each) take no more room than its report and
-/// the pieces of its timeline.
-pub const REPORT_WHEN_ASKED_UP_TO: usize = 64;
+/// [`LiveConfig::report_when_asked_up_to`]'s default: up to 128 requests,
+/// a run's records (112 bytes each, 14 KiB) take no more room than its
+/// report and its timeline (about four pieces a request, 40 bytes each, up
+/// to 480 pieces or columns: 19 KiB).
+pub const REPORT_WHEN_ASKED_UP_TO: usize = 128;
 
 impl Default for LiveConfig {
     fn default() -> Self {
