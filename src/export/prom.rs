@@ -82,8 +82,9 @@ type NoLabels = prometheus_client::encoding::NoLabelSet;
 struct RunSeries {
     /// The last final window's value of each of [`GAUGES`].
     gauges: [Option<f64>; GAUGES.len()],
-    /// Per model (`None`: requests without one), one per [`HISTOGRAMS`].
-    histograms: Vec<(Option<String>, Vec<Hist>)>,
+    /// Per model (`None`: requests without one), one per [`HISTOGRAMS`]
+    /// (the model name shared with the run's requests).
+    histograms: Vec<(Option<Arc<str>>, [Hist; HISTOGRAMS.len()])>,
     /// Released requests: success, failure.
     requests: [Option<u64>; 2],
     /// Tokens: output, input; and retries.
@@ -174,8 +175,8 @@ impl PromMetrics {
                 last = match s.histograms.iter().position(|(m, _)| m.as_deref() == model) {
                     Some(i) => i,
                     None => {
-                        let hs = vec![Hist::default(); HISTOGRAMS.len()];
-                        s.histograms.push((model.map(str::to_string), hs));
+                        let hs = std::array::from_fn(|_| Hist::default());
+                        s.histograms.push((r.model.clone(), hs));
                         s.histograms.len() - 1
                     }
                 };
