@@ -11,8 +11,9 @@
 //! - `window`: a 5,000-request run's report (sweep line, windows, totals);
 //! - `engine`: read in place, extract and ingest into the live engine;
 //! - `runs_end/1000_runs_of_10`: the live engine ends 1,000 runs of ten
-//!   requests each, never finalized before (their sweep, windows, report,
-//!   timeline and output): the fixed cost of a run.
+//!   requests each, never finalized before (their sweep, windows and
+//!   output; their report and timeline are made when first asked for, and
+//!   this does not ask): the fixed cost of a run.
 //!
 //! `cargo bench --bench stages`; under `cargo test` each runs once.
 
