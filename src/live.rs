@@ -498,6 +498,8 @@ struct Due {
     last_span: Instant,
     max_stamp: Nanos,
     final_from: Nanos,
+    /// In [`Engine::due`]: named to the next tick.
+    queued: bool,
 }
 
 impl Due {
@@ -507,6 +509,7 @@ impl Due {
             last_span: Instant::now(),
             max_stamp: Nanos::MAX,
             final_from: Nanos::MIN,
+            queued: false,
         }
     }
 }
@@ -520,6 +523,7 @@ impl LiveRun {
                 last_span,
                 max_stamp: Nanos::MIN,
                 final_from: Nanos::MAX,
+                queued: false,
             },
             next_window: None,
             next_slice: None,
@@ -623,8 +627,19 @@ pub struct Engine {
     live: AtomicUsize,
     finals: Mutex<Finals>,
     forgotten: Mutex<Vec<String>>,
+    /// Runs that got a final window or slice from a batch, for the next
+    /// tick (which otherwise looks at every live run only when one may
+    /// have become idle: see [`Engine::tick_each`]).
+    due: Mutex<Vec<String>>,
+    /// When the next tick must look at every live run: the earliest a run
+    /// can become idle, and at most [`FULL_CHECK_EVERY`] after the last
+    /// look (`None`: at the next tick).
+    next_full_check: Mutex<Option<Instant>>,
     pub counters: EngineCounters,
 }
+
+/// The longest a tick goes without looking at every live run.
+const FULL_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// At most this many trace references per exemplar list or gap span.
 pub const MAX_EXEMPLARS: usize = 5;
@@ -676,6 +691,8 @@ impl Engine {
             live: AtomicUsize::new(0),
             finals: Mutex::new(Finals::default()),
             forgotten: Mutex::new(Vec::new()),
+            due: Mutex::new(Vec::new()),
+            next_full_check: Mutex::new(None),
             counters: EngineCounters::default(),
         }
     }
@@ -704,9 +721,14 @@ impl Engine {
             run.join.reindex();
             run.due.max_stamp = run.join.max_stamp.unwrap_or(Nanos::MIN);
             run.due.final_from = self.final_from(&run);
+            self.queue_if_due(&id, &mut run);
             if self.runs.insert(id, run).is_none() {
                 self.live.fetch_add(1, Ordering::Relaxed);
             }
+        }
+        // Restored runs are looked at by the next tick.
+        if let Ok(mut n) = self.next_full_check.lock() {
+            *n = None;
         }
         if let Ok(mut f) = self.finals.lock() {
             for (id, run) in snap.finals {
@@ -757,18 +779,19 @@ impl Engine {
         for (g, id) in batch.names.iter().enumerate() {
             match self.runs.try_get_mut(*id) {
                 dashmap::try_result::TryResult::Present(mut run) => {
-                    self.apply_group(&mut run, batch.spans(g, &items), now, &mut out)
+                    self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out)
                 }
                 dashmap::try_result::TryResult::Absent => {
                     let mut run = self.run_entry(id, now);
-                    self.apply_group(&mut run, batch.spans(g, &items), now, &mut out)
+                    self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out)
                 }
                 dashmap::try_result::TryResult::Locked => busy.push(g),
             }
         }
         for g in busy {
-            let mut run = self.run_entry(batch.names[g], now);
-            self.apply_group(&mut run, batch.spans(g, &items), now, &mut out);
+            let id = batch.names[g];
+            let mut run = self.run_entry(id, now);
+            self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out);
         }
         drop(batch);
         for e in items {
@@ -800,6 +823,7 @@ impl Engine {
     /// Joins one run's spans of a batch, in their order.
     fn apply_group<'s, 'a: 's>(
         &self,
+        id: &str,
         run: &mut LiveRun,
         spans: impl Iterator<Item = &'s Observation<'a>>,
         now: Now,
@@ -834,6 +858,18 @@ impl Engine {
         if run.join.min_stamp != min_before {
             run.due.final_from = self.final_from(run);
         }
+        self.queue_if_due(id, run);
+    }
+
+    /// Names `run` to the next tick if something of it is final and it is
+    /// not named yet.
+    fn queue_if_due(&self, id: &str, run: &mut LiveRun) {
+        if !run.due.queued && run.due.max_stamp >= run.due.final_from {
+            if let Ok(mut due) = self.due.lock() {
+                run.due.queued = true;
+                due.push(id.to_string());
+            }
+        }
     }
 
     /// Exports what became final: windows whose end the watermark reached,
@@ -851,18 +887,39 @@ impl Engine {
         // Idle: the last span at or before `idle_before`.
         let idle_before = now.mono.checked_sub(self.cfg.idle_timeout);
         let idle = |r: &LiveRun| finalize_all || idle_before.is_some_and(|t| r.due.last_span <= t);
-        // Only the runs with something to do are named (not every live run
-        // on every tick), from each run's `due` alone; each is checked
-        // exactly under its lock below.
-        let due: Vec<String> = self
-            .runs
-            .iter()
-            .filter(|e| {
+        // The runs a batch found due, and every run with something to do
+        // when one may have become idle (or a second after the last look):
+        // each named from its `due` alone, and checked exactly under its
+        // lock below.
+        let mut due: Vec<String> = self
+            .due
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default();
+        let full = finalize_all
+            || self
+                .next_full_check
+                .lock()
+                .map_or(true, |t| t.is_none_or(|t| now.mono >= t));
+        if full {
+            // A run's last span only moves forward, and a new run's is now
+            // or later: none becomes idle before the oldest one's plus the
+            // idle timeout.
+            let mut oldest = now.mono;
+            for e in self.runs.iter() {
                 let r = e.value();
-                idle(r) || r.due.max_stamp >= r.due.final_from
-            })
-            .map(|e| e.key().clone())
-            .collect();
+                if !idle(r) {
+                    oldest = oldest.min(r.due.last_span);
+                }
+                if idle(r) || r.due.max_stamp >= r.due.final_from {
+                    due.push(e.key().clone());
+                }
+            }
+            let next = (oldest + self.cfg.idle_timeout).min(now.mono + FULL_CHECK_EVERY);
+            if let Ok(mut n) = self.next_full_check.lock() {
+                *n = Some(next);
+            }
+        }
         for id in due {
             if let Some((_, run)) = self.runs.remove_if(&id, |_, r| idle(r)) {
                 self.live.fetch_sub(1, Ordering::Relaxed);
@@ -871,6 +928,7 @@ impl Engine {
                 self.remember(id, fin);
                 each(out);
             } else if let Some(mut run) = self.runs.get_mut(&id) {
+                run.due.queued = false;
                 let Some(max) = run.join.max_stamp else {
                     continue;
                 };

@@ -565,3 +565,41 @@ fn a_report_made_when_asked_places_a_loose_cap_at_its_request() {
         assert_eq!(gaps, [3.0, 0.5], "up_to {up_to}");
     }
 }
+
+/// A tick looks at every live run only when one may have become idle (the
+/// oldest last span plus the idle timeout) or a second after its last look;
+/// in between, a batch that makes something final names its run to the
+/// next tick.
+#[test]
+fn ticks_between_full_checks_take_the_runs_batches_named() {
+    let e = Engine::new(LiveConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..cfg(10, 10, 5)
+    });
+    let base = Instant::now();
+    let at = |ms: u64| Now {
+        mono: base + Duration::from_millis(ms),
+        unix_ns: T0 + ms as i64 * 1_000_000,
+    };
+    e.ingest(vec![obs("r", "a", Some(0.0), Some(1.0), Some(3.0))], at(0))
+        .unwrap();
+    // A full check: nothing final (watermark 3 − 5 s), nothing idle; the
+    // next one is due at 0 + 300 ms, when the run can first be idle.
+    assert!(e.tick(at(100), false).is_empty());
+    // Released at 16 s: watermark 11 s passes the end of window [0, 10).
+    e.ingest(
+        vec![obs("r", "b", Some(14.0), Some(15.0), Some(16.0))],
+        at(150),
+    )
+    .unwrap();
+    let outs = e.tick(at(200), false);
+    assert_eq!(window_starts(&outs), vec![0], "named by its batch");
+    // A full check at 300 ms: the last span (150 ms) is not idle until 450.
+    assert!(e.tick(at(300), false).is_empty());
+    assert!(e.tick(at(449), false).is_empty());
+    assert_eq!(e.live_runs(), 1);
+    let outs = e.tick(at(450), false);
+    assert_eq!(outs.len(), 1);
+    assert!(outs[0].finalized, "idle for 300 ms");
+    assert_eq!(e.live_runs(), 0);
+}
