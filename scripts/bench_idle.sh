@@ -2,7 +2,8 @@
 # The server's CPU while live runs sit idle: `tpsgap serve` (runs go idle
 # only after an hour) is fed runs of 10 requests by `tpsgap bench`, then
 # its CPU is read over IDLE_S seconds without load. What it spends then is
-# the tick (every 200 ms) checking every live run for work. CPU is read per
+# the tick (every 200 ms), which looks at every live run for work once a
+# second (or when one may have become idle). CPU is read per
 # thread from /proc/PID/task/*/schedstat (nanoseconds), over the threads
 # present at both readings.
 #
