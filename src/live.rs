@@ -915,7 +915,11 @@ impl Engine {
                     due.push(e.key().clone());
                 }
             }
-            let next = (oldest + self.cfg.idle_timeout).min(now.mono + FULL_CHECK_EVERY);
+            // (Checked: an idle timeout of centuries must not overflow.)
+            let soon = now.mono + FULL_CHECK_EVERY;
+            let next = oldest
+                .checked_add(self.cfg.idle_timeout)
+                .map_or(soon, |t| t.min(soon));
             if let Ok(mut n) = self.next_full_check.lock() {
                 *n = Some(next);
             }

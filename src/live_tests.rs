@@ -603,3 +603,23 @@ fn ticks_between_full_checks_take_the_runs_batches_named() {
     assert!(outs[0].finalized, "idle for 300 ms");
     assert_eq!(e.live_runs(), 0);
 }
+
+/// An idle timeout of centuries is accepted and never ends the run (the
+/// time of the next full look is computed without overflow).
+#[test]
+fn an_idle_timeout_of_centuries_does_not_overflow() {
+    let e = Engine::new(LiveConfig {
+        idle_timeout: Duration::MAX,
+        ..cfg(10, 10, 5)
+    });
+    let c = Clock(Instant::now());
+    e.ingest(
+        vec![obs("r", "a", Some(0.0), Some(1.0), Some(3.0))],
+        c.at(0),
+    )
+    .unwrap();
+    for s in [0, 1, 2, 3_600] {
+        assert!(e.tick(c.at(s), false).is_empty());
+    }
+    assert_eq!(e.live_runs(), 1);
+}
