@@ -62,8 +62,9 @@ pub struct LiveConfig {
     /// … for at most this long.
     pub keep_final_for: Duration,
     /// A finished run of at most this many requests keeps its request
-    /// records and makes its report when first asked for (see
-    /// [`FinalRun`]); a larger one makes it as it ends.
+    /// records and makes its report and timeline when first asked for (the
+    /// API's page, view or list, or a checkpoint); a larger one makes them
+    /// as it ends.
     pub report_when_asked_up_to: usize,
 }
 
