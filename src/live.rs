@@ -314,16 +314,18 @@ impl FinalReport {
                 Ok(mut p) => p.take(),
                 Err(poisoned) => poisoned.into_inner().take(),
             };
-            pending.map(Pending::make).unwrap_or_default()
+            pending.map(|p| p.make(None)).unwrap_or_default()
         })
     }
 }
 
 impl Pending {
-    fn make(self) -> (RunReport, Drawing) {
+    /// The report (with the exported windows) and timeline; `swept` as for
+    /// [`crate::window::report_at_end`].
+    fn make(self, swept: Option<(&[Segment], bool)>) -> (RunReport, Drawing) {
         let (mut report, timeline) =
             self.join
-                .report_at_end(&self.id, &self.window, None, TIMELINE_COLUMNS);
+                .report_at_end(&self.id, &self.window, swept, TIMELINE_COLUMNS);
         report.windows = self.windows;
         report.late_spans = self.late_spans;
         (report, timeline)
@@ -504,6 +506,11 @@ struct Due {
 }
 
 impl Due {
+    /// Whether a window or step slice of the run is final.
+    fn has_final(&self) -> bool {
+        self.max_stamp >= self.final_from
+    }
+
     /// Unknown yet: checked in full by every tick.
     fn restored() -> Due {
         Due {
@@ -865,7 +872,7 @@ impl Engine {
     /// Names `run` to the next tick if something of it is final and it is
     /// not named yet.
     fn queue_if_due(&self, id: &str, run: &mut LiveRun) {
-        if !run.due.queued && run.due.max_stamp >= run.due.final_from {
+        if !run.due.queued && run.due.has_final() {
             if let Ok(mut due) = self.due.lock() {
                 run.due.queued = true;
                 due.push(id.to_string());
@@ -909,10 +916,11 @@ impl Engine {
             let mut oldest = now.mono;
             for e in self.runs.iter() {
                 let r = e.value();
-                if !idle(r) {
+                let is_idle = idle(r);
+                if !is_idle {
                     oldest = oldest.min(r.due.last_span);
                 }
-                if idle(r) || r.due.max_stamp >= r.due.final_from {
+                if is_idle || r.due.has_final() {
                     due.push(e.key().clone());
                 }
             }
@@ -982,31 +990,25 @@ impl Engine {
     /// of it: its whole report (with the windows it exported) and
     /// timeline, or for a small run the records they are made from.
     fn end_run(&self, id: &str, mut run: LiveRun, at: Instant) -> (RunOutput, FinalRun) {
-        if run.join.len() <= self.cfg.report_when_asked_up_to {
-            let out = self.advance(id, &mut run, None, None);
-            let mut join = run.join;
-            join.settle();
-            let pending = Pending {
-                id: id.to_string(),
-                join,
-                windows: run.windows,
-                late_spans: run.late_spans,
-                window: self.cfg.window,
-            };
-            return (out, FinalRun::pending(pending, at));
-        }
+        let when_asked = run.join.len() <= self.cfg.report_when_asked_up_to;
         // A run never finalized before is swept once here, over its whole
-        // range, and its report is made from the same pieces.
-        let fresh = run.sweep.is_none();
+        // range, and a report made now is made from the same pieces.
+        let fresh = !when_asked && run.sweep.is_none();
         let mut pieces = Vec::new();
         let out = self.advance(id, &mut run, None, fresh.then_some(&mut pieces));
         let has_cap = run.ledger.as_ref().is_some_and(|l| l.has_cap);
-        let swept = fresh.then_some((&pieces[..], has_cap));
-        let (mut report, timeline) =
-            run.join
-                .report_at_end(id, &self.cfg.window, swept, TIMELINE_COLUMNS);
-        report.windows = run.windows;
-        report.late_spans = run.late_spans;
+        let mut pending = Pending {
+            id: id.to_string(),
+            join: run.join,
+            windows: run.windows,
+            late_spans: run.late_spans,
+            window: self.cfg.window,
+        };
+        if when_asked {
+            pending.join.settle();
+            return (out, FinalRun::pending(pending, at));
+        }
+        let (report, timeline) = pending.make(fresh.then_some((&pieces[..], has_cap)));
         (out, FinalRun::made(report, timeline, at))
     }
 

@@ -63,6 +63,14 @@ impl Clock {
     }
 }
 
+/// An engine with `lc`, fed `batch` at 0 s, and its clock.
+fn fed<'a>(lc: LiveConfig, batch: Vec<Extracted<'a>>) -> (Engine, Clock) {
+    let e = Engine::new(lc);
+    let c = Clock(Instant::now());
+    e.ingest(batch, c.at(0)).unwrap();
+    (e, c)
+}
+
 fn window_starts(outs: &[RunOutput]) -> Vec<i64> {
     outs.iter()
         .flat_map(|o| o.windows.iter().map(|w| (w.start - T0) / SEC))
@@ -76,9 +84,7 @@ fn two_steps(
     first: Extracted<'_>,
     second: Extracted<'_>,
 ) -> (Engine, Clock, Vec<RunOutput>, Vec<RunOutput>) {
-    let e = Engine::new(cfg(10, 10, 5));
-    let c = Clock(Instant::now());
-    e.ingest(vec![first], c.at(0)).unwrap();
+    let (e, c) = fed(cfg(10, 10, 5), vec![first]);
     let outs = e.tick(c.at(0), false);
     e.ingest(vec![second], c.at(1)).unwrap();
     let more = e.tick(c.at(1), false);
@@ -181,16 +187,13 @@ fn an_earlier_span_makes_earlier_windows_due() {
 
 #[test]
 fn max_runs_refuses_whole_batches_and_applies_nothing() {
-    let e = Engine::new(LiveConfig {
-        max_runs: 1,
-        ..cfg(10, 10, 5)
-    });
-    let c = Clock(Instant::now());
-    e.ingest(
+    let (e, c) = fed(
+        LiveConfig {
+            max_runs: 1,
+            ..cfg(10, 10, 5)
+        },
         vec![obs("a", "1", Some(0.0), Some(1.0), Some(2.0))],
-        c.at(0),
-    )
-    .unwrap();
+    );
     let batch = vec![
         obs("a", "2", Some(0.0), Some(1.0), Some(2.0)),
         obs("b", "1", Some(0.0), Some(1.0), Some(2.0)),
@@ -249,17 +252,14 @@ fn finished_runs_are_bounded_by_count_and_age() {
 
 #[test]
 fn a_finished_runs_timeline_is_drawn_from_its_pieces_and_survives_a_checkpoint() {
-    let e = Engine::new(cfg(10, 5, 0));
-    let c = Clock(Instant::now());
     // A: queued at 0, in flight [1, 3). B: queued [0.5, 3), in flight [3, 4).
-    e.ingest(
+    let (e, c) = fed(
+        cfg(10, 5, 0),
         vec![
             obs("r", "a", Some(0.0), Some(1.0), Some(3.0)),
             obs("r", "b", Some(0.5), Some(3.0), Some(4.0)),
         ],
-        c.at(0),
-    )
-    .unwrap();
+    );
     e.tick(c.at(10_000), false);
     let (_, phase, tl) = e.run_page("r").expect("kept after its end");
     assert_eq!(phase, RunPhase::Final);
@@ -483,12 +483,13 @@ proptest! {
 /// its records to make it when asked (`up_to` at least its requests), fed
 /// `batch` and ended.
 fn ended_run(up_to: usize, batch: Vec<Extracted<'static>>) -> Engine {
-    let c = Clock(Instant::now());
-    let e = Engine::new(LiveConfig {
-        report_when_asked_up_to: up_to,
-        ..cfg(10, 5, 0)
-    });
-    e.ingest(batch, c.at(0)).unwrap();
+    let (e, c) = fed(
+        LiveConfig {
+            report_when_asked_up_to: up_to,
+            ..cfg(10, 5, 0)
+        },
+        batch,
+    );
     assert_eq!(e.tick(c.at(10_000), false).len(), 1, "the run ends");
     e
 }
@@ -608,16 +609,13 @@ fn ticks_between_full_checks_take_the_runs_batches_named() {
 /// time of the next full look is computed without overflow).
 #[test]
 fn an_idle_timeout_of_centuries_does_not_overflow() {
-    let e = Engine::new(LiveConfig {
-        idle_timeout: Duration::MAX,
-        ..cfg(10, 10, 5)
-    });
-    let c = Clock(Instant::now());
-    e.ingest(
+    let (e, c) = fed(
+        LiveConfig {
+            idle_timeout: Duration::MAX,
+            ..cfg(10, 10, 5)
+        },
         vec![obs("r", "a", Some(0.0), Some(1.0), Some(3.0))],
-        c.at(0),
-    )
-    .unwrap();
+    );
     for s in [0, 1, 2, 3_600] {
         assert!(e.tick(c.at(s), false).is_empty());
     }
