@@ -13,6 +13,15 @@ use tpsgap::cli::simulate::{self, SimulateArgs};
 use tpsgap::config::{config_path, read_config_file, ServeArgs};
 use tpsgap::serve::{self, Listeners, ServeConfig};
 
+/// jemalloc, as in other long-running telemetry services. The receivers
+/// allocate request records and the engine's tick frees them: glibc's
+/// allocator takes the arena's lock for each such free from another thread,
+/// and jemalloc does not (see BENCHMARKS.md, Scaling). It also keeps freed
+/// memory for reuse a while (ten seconds) before returning it to the kernel.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tpsgap",
@@ -124,30 +133,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// Has glibc's allocator keep the memory of finished requests, runs and
-/// receive buffers for reuse, instead of returning it to the kernel and
-/// faulting it in again moments later: blocks up to 4 MiB come from the
-/// heap (not a fresh `mmap` each), and up to 64 MiB free at the heap's top
-/// is kept. Under a steady load this halves the page faults. glibc's own
-/// `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` variables, when
-/// set, are left in force.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let set = |var: &str| std::env::var_os(var).is_some();
-        if !set("MALLOC_MMAP_THRESHOLD_") && !set("MALLOC_TRIM_THRESHOLD_") {
-            // SAFETY: mallopt only changes allocator parameters; it is
-            // called before any other thread exists.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-            }
-        }
-    }
-}
-
 fn main() -> anyhow::Result<ExitCode> {
-    keep_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
