@@ -105,6 +105,12 @@ impl Stamps {
         self.0.iter().all(|&t| t == NO_STAMP)
     }
 
+    /// The first two timestamps (or their sentinels): what orders most
+    /// requests in the stamps' order.
+    pub fn leading(&self) -> [Nanos; 2] {
+        [self.0[0], self.0[1]]
+    }
+
     /// The known timestamps, in lifecycle order.
     pub fn known(&self) -> impl Iterator<Item = Nanos> + '_ {
         self.0.iter().copied().filter(|&t| t != NO_STAMP)

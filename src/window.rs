@@ -305,6 +305,11 @@ fn whole_sweep(
     let init = SweepState::initial(caps, start, cfg);
     let mut sorted_caps: Vec<CapPoint> = caps.to_vec();
     sorted_caps.sort_by_key(|c| c.t);
+    // A cap equal to the last one kept before it changes nothing: after
+    // every instant the cap in force is still the value received last
+    // (a run whose every span repeats its cap sweeps one cap event, not one
+    // a request).
+    sorted_caps.dedup_by(|later, kept| later.value == kept.value);
     events.extend(
         sorted_caps
             .iter()

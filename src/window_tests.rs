@@ -671,3 +671,36 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    /// The requests' stable order, sorted first by their two leading
+    /// timestamps, is the order by the whole key: requests that tie on those
+    /// two (often, with times drawn from three values, some absent) are
+    /// ordered by their later timestamps, span and key.
+    #[test]
+    fn stable_order_is_the_order_by_the_whole_key(
+        picks in prop::collection::vec(
+            (prop::array::uniform5(prop::option::of(0i64..3)), 0u8..3, 0u64..3),
+            0..200,
+        ),
+    ) {
+        let reqs: Vec<Request> = picks
+            .iter()
+            .map(|&(t, span, key)| {
+                let mut r = crate::testutil::request(t);
+                r.span.span_id[0] = span;
+                r.key = key;
+                r
+            })
+            .collect();
+        let whole = |r: &Request| (r.stamps, r.span, r.key);
+        let mut want: Vec<_> = reqs.iter().map(whole).collect();
+        want.sort();
+        let got: Vec<_> = crate::join::stable_order(reqs.iter().collect())
+            .into_iter()
+            .map(whole)
+            .collect();
+        prop_assert_eq!(got, want);
+    }
+}
