@@ -148,6 +148,9 @@ pub enum Ev {
     QueueIn,
     QueueOut,
     Admit,
+    /// A request leaves the queue as it is admitted: `QueueOut` and
+    /// `Admit` at one instant, as one event (a run's whole sweep).
+    Handoff,
     /// `slot`: the release frees a slot (it is not the open end of the run).
     Release {
         slot: bool,
@@ -293,12 +296,17 @@ fn whole_sweep(
 ) -> (SweepState, Vec<(Nanos, Ev)>) {
     let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + caps.len());
     for r in requests {
-        if let Some((a, b)) = queued_interval(r, end) {
+        let queued = queued_interval(r, end);
+        let in_flight = in_flight_interval(r, end);
+        let handoff = matches!((queued, in_flight), (Some((_, q)), Some((a, _))) if q == a);
+        if let Some((a, b)) = queued {
             events.push((a, Ev::QueueIn));
-            events.push((b, Ev::QueueOut));
+            if !handoff {
+                events.push((b, Ev::QueueOut));
+            }
         }
-        if let Some((a, b)) = in_flight_interval(r, end) {
-            events.push((a, Ev::Admit));
+        if let Some((a, b)) = in_flight {
+            events.push((a, if handoff { Ev::Handoff } else { Ev::Admit }));
             events.push((b, Ev::Release { slot: b < end }));
         }
     }
@@ -411,6 +419,11 @@ fn sweep(
                 Ev::QueueIn => q += 1,
                 Ev::QueueOut => q -= 1,
                 Ev::Admit => {
+                    f += 1;
+                    admits += 1;
+                }
+                Ev::Handoff => {
+                    q -= 1;
                     f += 1;
                     admits += 1;
                 }

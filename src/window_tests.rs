@@ -647,7 +647,7 @@ proptest! {
     fn long_event_lists_sort_as_a_stable_sort_by_time(
         base in any::<i64>(),
         spread_bits in 0u32..64,
-        picks in prop::collection::vec((any::<u64>(), 0u8..5), RADIX_FROM..RADIX_FROM + 3000),
+        picks in prop::collection::vec((any::<u64>(), 0u8..6), RADIX_FROM..RADIX_FROM + 3000),
     ) {
         let events: Vec<(Nanos, Ev)> = picks
             .iter()
@@ -659,6 +659,7 @@ proptest! {
                     1 => Ev::QueueOut,
                     2 => Ev::Admit,
                     3 => Ev::Release { slot: x & 1 == 0 },
+                    4 => Ev::Handoff,
                     _ => Ev::Cap { order: (x >> 3) as u32, value: 1 },
                 };
                 (t, e)
