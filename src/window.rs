@@ -311,13 +311,21 @@ fn whole_sweep(
         }
     }
     let init = SweepState::initial(caps, start, cfg);
-    let mut sorted_caps: Vec<CapPoint> = caps.to_vec();
-    sorted_caps.sort_by_key(|c| c.t);
     // A cap equal to the last one kept before it changes nothing: after
     // every instant the cap in force is still the value received last
     // (a run whose every span repeats its cap sweeps one cap event, not one
     // a request).
-    sorted_caps.dedup_by(|later, kept| later.value == kept.value);
+    let sorted_caps: Vec<CapPoint> = match caps.split_first() {
+        // One value throughout (the usual case): the start state has it
+        // (`SweepState::initial`), and no cap changes it.
+        Some((first, rest)) if rest.iter().all(|c| c.value == first.value) => Vec::new(),
+        _ => {
+            let mut sorted = caps.to_vec();
+            sorted.sort_by_key(|c| c.t);
+            sorted.dedup_by(|later, kept| later.value == kept.value);
+            sorted
+        }
+    };
     events.extend(
         sorted_caps
             .iter()
