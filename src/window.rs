@@ -311,10 +311,9 @@ fn whole_sweep(
         }
     }
     let init = SweepState::initial(caps, start, cfg);
-    // A cap equal to the last one kept before it changes nothing: after
-    // every instant the cap in force is still the value received last
-    // (a run whose every span repeats its cap sweeps one cap event, not one
-    // a request).
+    // The caps as events, less those equal to the last one kept before
+    // them: such a cap changes nothing (after every instant the cap in
+    // force is still the value received last).
     let sorted_caps: Vec<CapPoint> = match caps.split_first() {
         // One value throughout (the usual case): the start state has it
         // (`SweepState::initial`), and no cap changes it.
