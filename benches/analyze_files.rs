@@ -13,6 +13,11 @@ use tpsgap::cli::analyze::analyze;
 use tpsgap::input::InputFormat;
 use tpsgap::window::WindowConfig;
 
+/// The binary's allocator (`src/main.rs`), so these are the product's figures.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn cpu_seconds() -> f64 {
     // utime + stime of this process, from /proc (Linux), in clock ticks.
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();

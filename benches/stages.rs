@@ -28,6 +28,11 @@ use tpsgap::join::Store;
 use tpsgap::live::{Engine, LiveConfig, Now};
 use tpsgap::window::WindowConfig;
 
+/// The binary's allocator (`src/main.rs`), so these are the product's figures.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn batch() -> (Bytes, usize) {
     let exports = tpsgap::testutil::synthetic_exports(4096, 100);
     let req = &exports[3];
