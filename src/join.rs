@@ -420,8 +420,8 @@ impl Store {
 
 /// `reqs` sorted by `(stamps, span, key)`: first by the two leading
 /// timestamps, read once into the list that is sorted, then by the whole key
-/// among the requests those tie (a long run's records are not read again
-/// and again from all over memory).
+/// among the requests those tie, found in that list (a long run's records
+/// are not read again and again from all over memory).
 pub fn stable_order(reqs: Vec<&Request>) -> Vec<&Request> {
     let mut order: Vec<([Nanos; 2], u32)> = reqs
         .iter()
@@ -430,10 +430,13 @@ pub fn stable_order(reqs: Vec<&Request>) -> Vec<&Request> {
         .collect();
     order.sort_unstable();
     let mut sorted: Vec<&Request> = order.iter().map(|&(_, i)| reqs[i as usize]).collect();
-    for tied in sorted.chunk_by_mut(|a, b| a.stamps.leading() == b.stamps.leading()) {
-        if tied.len() > 1 {
-            tied.sort_unstable_by_key(|r| (r.stamps, r.span, r.key));
+    let mut at = 0;
+    for tied in order.chunk_by(|a, b| a.0 == b.0) {
+        let n = tied.len();
+        if n > 1 {
+            sorted[at..at + n].sort_unstable_by_key(|r| (r.stamps, r.span, r.key));
         }
+        at += n;
     }
     sorted
 }

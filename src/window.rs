@@ -294,22 +294,6 @@ fn whole_sweep(
     end: Nanos,
     cfg: &WindowConfig,
 ) -> (SweepState, Vec<(Nanos, Ev)>) {
-    let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + caps.len());
-    for r in requests {
-        let queued = queued_interval(r, end);
-        let in_flight = in_flight_interval(r, end);
-        let handoff = matches!((queued, in_flight), (Some((_, q)), Some((a, _))) if q == a);
-        if let Some((a, b)) = queued {
-            events.push((a, Ev::QueueIn));
-            if !handoff {
-                events.push((b, Ev::QueueOut));
-            }
-        }
-        if let Some((a, b)) = in_flight {
-            events.push((a, if handoff { Ev::Handoff } else { Ev::Admit }));
-            events.push((b, Ev::Release { slot: b < end }));
-        }
-    }
     let init = SweepState::initial(caps, start, cfg);
     // The caps as events, less those equal to the last one kept before
     // them: such a cap changes nothing (after every instant the cap in
@@ -325,6 +309,22 @@ fn whole_sweep(
             sorted
         }
     };
+    let mut events: Vec<(Nanos, Ev)> = Vec::with_capacity(requests.len() * 4 + sorted_caps.len());
+    for r in requests {
+        let queued = queued_interval(r, end);
+        let in_flight = in_flight_interval(r, end);
+        let handoff = matches!((queued, in_flight), (Some((_, q)), Some((a, _))) if q == a);
+        if let Some((a, b)) = queued {
+            events.push((a, Ev::QueueIn));
+            if !handoff {
+                events.push((b, Ev::QueueOut));
+            }
+        }
+        if let Some((a, b)) = in_flight {
+            events.push((a, if handoff { Ev::Handoff } else { Ev::Admit }));
+            events.push((b, Ev::Release { slot: b < end }));
+        }
+    }
     events.extend(
         sorted_caps
             .iter()
