@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts that start `tpsgap serve` on ports of its own
 # choosing. `serving LOG` waits (up to 10 s) for the line the server logs
 # once bound and for its API to answer, and sets `grpc` and `api`

@@ -45,6 +45,8 @@ BIN=target/debug/tpsgap scripts/soak.sh 20
 BIN=target/debug/tpsgap SPANS=20480 scripts/bench_api.sh
 # The idle-runs benchmark, small, likewise.
 BIN=target/debug/tpsgap IDLE_S=1 RUNS_LIST=100 scripts/bench_idle.sh
+# The peer benchmark (rotel, from its Python package), small, likewise.
+BIN=target/debug/tpsgap SPANS=20480 ROUNDS=1 PROTOCOLS=grpc SETTLE_MS=200 scripts/bench_peer.sh
 
 # --all-targets also runs each benchmark once, small, to prove it still
 # works (the figures are in BENCHMARKS.md).
