@@ -150,14 +150,10 @@ impl RunState {
         (&mut self.open, &mut self.requests)
     }
 
-    /// Cap observations not carried on a request, resolved (receive order).
-    pub fn loose_cap_points(&self) -> Vec<CapPoint> {
-        self.loose_points().map(|(_, p)| p).collect()
-    }
-
-    /// The loose caps with their receive order, each at the time of the
-    /// request it names if that has one, else at its span's start.
-    fn loose_points(&self) -> impl Iterator<Item = (u32, CapPoint)> + '_ {
+    /// The loose caps (cap observations not carried on a request) with
+    /// their receive order, each at the time of the request it names if
+    /// that has one, else at its span's start.
+    pub fn loose_points(&self) -> impl Iterator<Item = (u32, CapPoint)> + '_ {
         self.loose_caps.iter().map(|c| {
             let r = c
                 .request

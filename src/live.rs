@@ -187,12 +187,18 @@ type Mark = (Nanos, u32, u8);
 /// The sweep events in `[from, until)` of the open requests of a run, each
 /// with the request and bit it marks once swept. An event not swept yet but
 /// dated before `from` (a late span) takes effect at `from`.
+///
+/// `steady`: the cap the sweep holds at `from` when no other value can
+/// come from elsewhere (the run's loose caps). When every cap of these
+/// requests has that value too, their cap events would change nothing:
+/// they are marked swept without being swept (most runs have one cap).
 fn open_events(
     open: &[u32],
     reqs: &crate::join::Requests,
     run_end: Nanos,
     from: Nanos,
     until: Nanos,
+    steady: Option<u32>,
 ) -> (Vec<(Nanos, Ev)>, Vec<Mark>) {
     // Up to five events a request: both ends of its two intervals and its cap.
     let mut events = Vec::with_capacity(open.len() * 5);
@@ -245,10 +251,13 @@ fn open_events(
             }
         }
     }
-    // Caps in receive order (the sort of events is stable).
-    caps.sort_unstable_by_key(|c| c.0);
-    for ((_, t, value, i), order) in caps.into_iter().zip(0u32..) {
-        events.push((t, Ev::Cap { order, value }));
+    let sweep = !steady.is_some_and(|v| caps.iter().all(|c| c.2 == v));
+    for (seq, t, value, i) in caps {
+        if sweep {
+            // At one instant the cap received last wins, whether a request
+            // or a loose cap carried it: `order` is the receive order.
+            events.push((t, Ev::Cap { order: seq, value }));
+        }
         marks.push((t, i, SWEPT_CAP));
     }
     (events, marks)
@@ -1062,7 +1071,7 @@ impl Engine {
         // Sweep the new part: from where the sweep stopped to the watermark
         // (to the run's end when it ends).
         let until = wm.map_or(run_end, |wm| wm.min(run_end));
-        let loose = run.join.loose_cap_points();
+        let loose: Vec<(u32, crate::window::CapPoint)> = run.join.loose_points().collect();
         // The first sweep starts as the offline one does: every request is
         // still open, and the cap before the first observation is the first
         // one's value.
@@ -1076,19 +1085,20 @@ impl Engine {
         let (open, reqs) = run.join.open_mut();
         let sweep_from = init.at;
         if until > sweep_from {
-            let (mut events, marks) = open_events(open, reqs, run_end, sweep_from, until);
+            let steady = init
+                .cap
+                .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
+            let (mut events, marks) = open_events(open, reqs, run_end, sweep_from, until, steady);
             if first_sweep {
                 // Caps at the run's start are in the initial state.
                 events.retain(|e| !matches!(e.1, Ev::Cap { .. }) || e.0 > sweep_from);
             }
-            let after = u32::try_from(marks.len()).unwrap_or(u32::MAX);
             events.extend(
                 loose
                     .iter()
-                    .filter(|c| c.t > sweep_from || (!first_sweep && c.t == sweep_from))
-                    .filter(|c| c.t < until)
-                    .zip(after..)
-                    .map(|(c, order)| {
+                    .filter(|(_, c)| c.t > sweep_from || (!first_sweep && c.t == sweep_from))
+                    .filter(|(_, c)| c.t < until)
+                    .map(|&(order, c)| {
                         (
                             c.t,
                             Ev::Cap {

@@ -18,6 +18,11 @@ fn obs<'a>(
     a: Option<f64>,
     r: Option<f64>,
 ) -> Extracted<'a> {
+    obs_cap(run, id, [q, a, r], 1)
+}
+
+/// [`obs`] with the stamps (queued, admitted, released) and the cap given.
+fn obs_cap<'a>(run: &'a str, id: &str, [q, a, r]: [Option<f64>; 3], cap: u32) -> Extracted<'a> {
     let ns = |x: Option<f64>| x.map(|s| T0 + (s * 1e9).round() as i64);
     let mut stamps = Stamps::default();
     for (s, t) in [
@@ -34,7 +39,7 @@ fn obs<'a>(
         request: request_key(id),
         explicit_request_id: true,
         stamps,
-        cap: Some(1),
+        cap: Some(cap),
         output_tokens: Some(10),
         ..Observation::default()
     })
@@ -307,8 +312,12 @@ fn random_run() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
-    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>(), when_asked in any::<bool>()) {
+    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>(), when_asked in any::<bool>(), varied in any::<bool>(), drawn in prop::collection::vec(1u32..4, 40), loose in prop::option::of((0u32..300, 1u32..4))) {
         prop_assume!(!reqs.is_empty());
+        // Every request's cap 1, or each one's drawn from 1 to 3.
+        let cap = |i: usize| if varied { drawn[i] } else { 1 };
+        // A cap on a span of no request, at its start, received first.
+        let loose = loose.map(|(t, value)| crate::window::CapPoint { t: T0 + i64::from(t) * SEC / 10, value });
         // The final report made as the run ends, or when first asked for.
         let lc = LiveConfig { report_when_asked_up_to: if when_asked { 64 } else { 0 }, ..cfg(step + extra, step, 5) };
         let e = Engine::new(lc.clone());
@@ -316,9 +325,13 @@ proptest! {
         let mut order: Vec<usize> = (0..reqs.len()).collect();
         order.sort_by(|&i, &j| reqs[i].2.total_cmp(&reqs[j].2));
         let mut outs = Vec::new();
+        if let Some(l) = loose {
+            let o = Observation { run_id: "p".into(), cap: Some(l.value), span_start: l.t, ..Observation::default() };
+            e.ingest(vec![Extracted::Observation(o)], c.at(0)).unwrap();
+        }
         for (n, &i) in order.iter().enumerate() {
             let (q, a, r) = reqs[i];
-            let got = e.ingest(vec![obs("p", &i.to_string(), Some(q), Some(a), Some(r))], c.at(n as u64)).unwrap();
+            let got = e.ingest(vec![obs_cap("p", &i.to_string(), [Some(q), Some(a), Some(r)], cap(i))], c.at(n as u64)).unwrap();
             prop_assert_eq!(got.late, 0);
             if tick_between {
                 outs.extend(e.tick(c.at(n as u64), false));
@@ -335,12 +348,13 @@ proptest! {
         let live: Vec<WindowReport> = outs.iter().flat_map(|o| o.windows.iter().map(|w| w.report.clone())).collect();
         let mut offline_reqs = Vec::new();
         for (i, (q, a, r)) in reqs.iter().enumerate() {
-            if let Extracted::Observation(o) = obs("p", &i.to_string(), Some(*q), Some(*a), Some(*r)) {
+            if let Extracted::Observation(o) = obs_cap("p", &i.to_string(), [Some(*q), Some(*a), Some(*r)], cap(i)) {
                 offline_reqs.push(Request::from_observation(&o));
             }
         }
         let refs: Vec<&Request> = offline_reqs.iter().collect();
-        let caps: Vec<crate::window::CapPoint> = refs.iter().filter_map(|r| r.get(Stamp::Admitted).map(|t| crate::window::CapPoint { t, value: 1 })).collect();
+        // The caps in receive order (at one instant the last one wins).
+        let caps: Vec<crate::window::CapPoint> = loose.into_iter().chain(order.iter().filter_map(|&i| refs[i].get(Stamp::Admitted).map(|t| crate::window::CapPoint { t, value: cap(i) }))).collect();
         let (offline, profile) = crate::window::compute_run("p", &refs, &caps, &lc.window);
         // The final report equals the offline one but for the windows (each
         // exported as it became final; compared below) and late spans,
