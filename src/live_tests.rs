@@ -340,7 +340,7 @@ fn random_run() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>(), when_asked in any::<bool>(), varied in any::<bool>(), drawn in prop::collection::vec(1u32..4, 40), loose in prop::option::of((0u32..300, 1u32..4)), split in any::<bool>()) {
+    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>(), when_asked in any::<bool>(), varied in any::<bool>(), drawn in prop::collection::vec(1u32..4, 40), loose in prop::option::of((0u32..300, 1u32..4)), split in any::<bool>(), restart in prop::option::of(0usize..80)) {
         prop_assume!(!reqs.is_empty());
         // Every request's cap 1, or each one's drawn from 1 to 3.
         let cap = |i: usize| if varied { drawn[i] } else { 1 };
@@ -348,7 +348,7 @@ proptest! {
         let loose = loose.map(|(t, value)| crate::window::CapPoint { t: T0 + i64::from(t) * SEC / 10, value });
         // The final report made as the run ends, or when first asked for.
         let lc = LiveConfig { report_when_asked_up_to: if when_asked { 64 } else { 0 }, ..cfg(step + extra, step, 5) };
-        let e = Engine::new(lc.clone());
+        let mut e = Engine::new(lc.clone());
         let c = Clock(Instant::now());
         // Each request in one span, or in two (a queue span, then one with
         // its admission and release, as `tpsgap bench` sends them), both
@@ -382,6 +382,12 @@ proptest! {
             prop_assert_eq!(got.late, 0);
             if tick_between {
                 outs.extend(e.tick(c.at(n as u64), false));
+            }
+            if restart == Some(n) {
+                // A restart from a checkpoint written here.
+                let checkpoint = serde_json::to_string(&e.snapshot()).expect("snapshot");
+                e = Engine::new(lc.clone());
+                e.restore(serde_json::from_str(&checkpoint).expect("restore"));
             }
         }
         // Live, with every request joined: the list's totals are the run
