@@ -1084,7 +1084,9 @@ impl Engine {
         };
         let (open, reqs) = run.join.open_mut();
         let sweep_from = init.at;
-        if until > sweep_from {
+        // A run of one instant is swept once, over nothing: its ledger
+        // holds its windows (empty, but for its counts), as offline.
+        if until > sweep_from || (until == sweep_from && run.ledger.is_none()) {
             let steady = init
                 .cap
                 .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
