@@ -432,8 +432,8 @@ struct KeyTable<V> {
     by_len: Vec<Vec<KeyEntry<V>>>,
 }
 
-/// A key's first eight bytes as a word, the key, and its value.
-type KeyEntry<V> = (u64, Box<[u8]>, V);
+/// A key's first and last eight bytes as words, the key, and its value.
+type KeyEntry<V> = (u64, u64, Box<[u8]>, V);
 
 impl<V> Default for KeyTable<V> {
     fn default() -> Self {
@@ -450,6 +450,13 @@ fn key_prefix(k: &[u8]) -> u64 {
     }
 }
 
+/// The last eight bytes of a key of at least eight, as one word (zero for
+/// a shorter key, which its first word holds whole).
+#[inline(always)]
+fn key_suffix(k: &[u8]) -> u64 {
+    k.last_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w))
+}
+
 impl<V> KeyTable<V> {
     /// Adds `key` unless it is there already (the first name wins).
     fn insert_first(&mut self, key: &[u8], v: V) {
@@ -459,7 +466,7 @@ impl<V> KeyTable<V> {
         if self.by_len.len() <= key.len() {
             self.by_len.resize_with(key.len() + 1, Vec::new);
         }
-        self.by_len[key.len()].push((key_prefix(key), key.into(), v));
+        self.by_len[key.len()].push((key_prefix(key), key_suffix(key), key.into(), v));
     }
 
     #[inline]
@@ -468,13 +475,17 @@ impl<V> KeyTable<V> {
         if bucket.is_empty() {
             return None;
         }
-        // Keys in a bucket have the key's length: up to eight bytes, the
-        // words are the keys.
-        let p = key_prefix(key);
+        // Keys in a bucket have the key's length: up to sixteen bytes, the
+        // two words (which overlap below sixteen) are the key; only the
+        // bytes between them are compared one by one.
+        let (p, q) = (key_prefix(key), key_suffix(key));
+        let n = key.len();
         bucket
             .iter()
-            .find(|(q, k, _)| *q == p && (key.len() <= 8 || k[8..] == key[8..]))
-            .map(|(_, _, v)| v)
+            .find(|(kp, kq, k, _)| {
+                *kp == p && (n <= 8 || (*kq == q && (n <= 16 || k[8..n - 8] == key[8..n - 8])))
+            })
+            .map(|(_, _, _, v)| v)
     }
 }
 
@@ -1286,5 +1297,44 @@ mod tests {
             x.span(None, &span(vec![kv("run_id", st("r"))])),
             Ok(Extracted::NoRun)
         );
+    }
+
+    /// Keys cut from one template with at most one byte changed: many
+    /// share their length and first and last eight bytes.
+    fn near_keys() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        (
+            0usize..24,
+            any::<usize>(),
+            prop_oneof![Just(None), Just(Some(b'x')), Just(Some(b'y'))],
+        )
+            .prop_map(|(len, pos, letter)| {
+                let mut k = b"gen_ai.request.model.abc"[..len].to_vec();
+                if let (Some(l), false) = (letter, k.is_empty()) {
+                    let at = pos % k.len();
+                    k[at] = l;
+                }
+                k
+            })
+    }
+
+    proptest::proptest! {
+        /// The key table finds what a map finds, among keys that differ
+        /// in one byte anywhere.
+        #[test]
+        fn the_key_table_finds_what_a_map_finds(
+            keys in proptest::collection::vec(near_keys(), 0..60),
+            probes in proptest::collection::vec(near_keys(), 0..60),
+        ) {
+            let mut table = KeyTable::default();
+            let mut map = std::collections::HashMap::new();
+            for (i, k) in keys.iter().enumerate() {
+                table.insert_first(k, i);
+                map.entry(k.clone()).or_insert(i);
+            }
+            for k in probes.iter().chain(&keys) {
+                proptest::prop_assert_eq!(table.get(k), map.get(k));
+            }
+        }
     }
 }
