@@ -183,6 +183,11 @@ pub struct ServeArgs {
     /// this the oldest are dropped and counted.
     #[arg(long, env = "TPSGAP_EXPORT_BUFFER", default_value_t = 1024)]
     pub export_buffer: usize,
+    /// Benchmarks only: answer each export request after this stage
+    /// (receive, decode, extract) and keep nothing, to measure what the
+    /// stages before it cost.
+    #[arg(long, value_enum, hide = true)]
+    pub bench_stop_after: Option<crate::ingest::StopAfter>,
 }
 
 impl From<&ServeArgs> for crate::serve::ServeConfig {
@@ -216,6 +221,7 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
             max_spans_per_batch: a.max_spans_per_batch,
             max_attribute_length: a.max_attribute_length,
             export_buffer: a.export_buffer,
+            bench_stop_after: a.bench_stop_after,
             ..crate::serve::ServeConfig::default()
         }
     }

@@ -46,6 +46,8 @@ pub struct ServeConfig {
     pub max_attribute_length: usize,
     /// Export requests that may wait for a down endpoint (default 1024).
     pub export_buffer: usize,
+    /// Benchmarks only: where the receivers stop (none: nowhere).
+    pub bench_stop_after: Option<crate::ingest::StopAfter>,
     /// How often final windows are looked for (default 200 ms).
     pub tick: Duration,
     /// Deadline of each shutdown stage (default 10 s).
@@ -68,6 +70,7 @@ impl Default for ServeConfig {
             max_spans_per_batch: 100_000,
             max_attribute_length: 65_536,
             export_buffer: 1024,
+            bench_stop_after: None,
             tick: Duration::from_millis(200),
             stage_deadline: Duration::from_secs(10),
         }
@@ -205,6 +208,7 @@ pub async fn run(
         cfg.max_spans_per_second,
         cfg.max_spans_per_batch,
     );
+    pipeline.stop_after = cfg.bench_stop_after;
     if let Some(dir) = &cfg.wal_dir {
         let (wal, rec) =
             Wal::open(dir).map_err(|e| ServeError::Wal(format!("{}: {e}", dir.display())))?;

@@ -46,3 +46,40 @@ fn bench_loads_a_spawned_server_and_reports_json() {
     assert_eq!(v["runs_seen"], 10, "runs listed by the server: {v}");
     assert_eq!(v["repeats"].as_array().map(Vec::len), Some(1), "{v}");
 }
+
+/// `serve --bench-stop-after` (for `scripts/bench_stages.sh`): the server
+/// answers every export request with success after the stage and keeps
+/// nothing, so it lists no run.
+#[test]
+fn a_server_stopping_after_a_stage_takes_the_load_and_keeps_nothing() {
+    for stage in ["receive", "decode", "extract"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
+            .args([
+                "bench",
+                "--spans",
+                "4096",
+                "--runs",
+                "4",
+                "--json",
+                "--",
+                "--bench-stop-after",
+                stage,
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run tpsgap bench");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stage}: bench failed ({}):\n{}\n{stdout}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{stage}: not one JSON object ({e}):\n{stdout}"));
+        assert_eq!(v["spans"], 4096, "{stage}: {v}");
+        assert_eq!(v["rejected_spans"], 0, "{stage}: {v}");
+        assert_eq!(v["retries"], 0, "{stage}: {v}");
+        assert_eq!(v["runs_seen"], 0, "{stage}: runs listed by the server: {v}");
+    }
+}

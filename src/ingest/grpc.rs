@@ -116,6 +116,9 @@ impl UnaryService<Decoded> for ExportMethod {
 
 /// Checks and takes one export request's message.
 async fn export(pipeline: &Pipeline, raw: Bytes) -> Result<ExportTraceServiceResponse, Status> {
+    if pipeline.stops_at_receive() {
+        return Ok(ExportTraceServiceResponse::default());
+    }
     let view = RequestView::parse_framing(&raw)
         .map_err(|e| Status::invalid_argument(format!("not an OTLP trace export: {e}")))?;
     pipeline

@@ -197,6 +197,9 @@ async fn export(
 ) -> Result<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse, HttpError>
 {
     let raw = decompress(headers, body, s.max_message)?;
+    if s.pipeline.stops_at_receive() {
+        return Ok(Default::default());
+    }
     match enc {
         Encoding::Protobuf => {
             let view = crate::lean::view::RequestView::parse_framing(&raw)

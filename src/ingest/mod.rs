@@ -62,6 +62,19 @@ pub enum Export<'a> {
     Wire(RequestView<'a>, &'a Bytes),
 }
 
+/// Where the receivers stop with each export request, to measure what the
+/// stages before it cost (`serve --bench-stop-after`, for benchmarks): they
+/// answer success and keep nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StopAfter {
+    /// The message received whole (decompressed), nothing read.
+    Receive,
+    /// Decoded: every span, attribute and event read and checked in place.
+    Decode,
+    /// Read and extracted into observations, not joined.
+    Extract,
+}
+
 /// Extraction plus the live engine: what every receiver calls.
 pub struct Pipeline {
     pub extractor: Extractor,
@@ -70,6 +83,8 @@ pub struct Pipeline {
     max_spans_per_batch: usize,
     /// When set, accepted requests are durable before they are acknowledged.
     pub wal: Option<crate::wal::Wal>,
+    /// For benchmarks: answer after this stage and keep nothing.
+    pub stop_after: Option<StopAfter>,
 }
 
 impl Pipeline {
@@ -89,7 +104,14 @@ impl Pipeline {
             }),
             max_spans_per_batch,
             wal: None,
+            stop_after: None,
         }
+    }
+
+    /// Whether a receiver answers as soon as it has the message
+    /// ([`StopAfter::Receive`]).
+    pub fn stops_at_receive(&self) -> bool {
+        self.stop_after == Some(StopAfter::Receive)
     }
 
     /// Applies a request read back from the write-ahead log (no limits, no
@@ -139,6 +161,15 @@ impl Pipeline {
         if let Some(rl) = &self.rate {
             rl.take(spans).map_err(refuse)?;
         }
+        if self.stop_after == Some(StopAfter::Decode) {
+            if let Export::Wire(v, _) = req {
+                let visited = v
+                    .visit_all()
+                    .map_err(|e| Refusal::Malformed(e.to_string()))?;
+                std::hint::black_box(visited);
+            }
+            return Ok(ExportTraceServiceResponse::default());
+        }
         let mut items = Vec::with_capacity(spans);
         match req {
             Export::Lean(r) => self.extractor.request(r, |e| items.push(e)),
@@ -148,6 +179,10 @@ impl Pipeline {
                 .extractor
                 .request_view(v, |e| items.push(e))
                 .map_err(|e| Refusal::Malformed(e.to_string()))?,
+        }
+        if self.stop_after == Some(StopAfter::Extract) {
+            std::hint::black_box(items);
+            return Ok(ExportTraceServiceResponse::default());
         }
         let now = Now::system(tokio::time::Instant::now().into_std());
         let out = self.engine.ingest(items, now)?;
