@@ -326,9 +326,10 @@ fn same_but_rounding<T: serde::Serialize + std::fmt::Debug>(
 /// admitted and released stamps (seconds).
 type TestSpan = (usize, [Option<f64>; 3]);
 
-/// Requests of at most 5 s, each sent as one span at its release, in
-/// release order: with lateness 5 s no span is late, and the windows the
-/// live engine exports one by one equal the offline report's.
+/// Requests of at most 5 s from queued to released, as (queued, admitted,
+/// released) seconds: with lateness 5 s, spans sent in the order of their
+/// last stamp are never late, and the windows the live engine exports one
+/// by one equal the offline report's.
 fn random_run() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
     prop::collection::vec((0u32..300, 0u32..30, 1u32..20), 1..40).prop_map(|v| {
         v.into_iter()
@@ -355,10 +356,6 @@ proptest! {
         let lc = LiveConfig { report_when_asked_up_to: if when_asked { 64 } else { 0 }, ..cfg(step + extra, step, 5) };
         let mut e = Engine::new(lc.clone());
         let c = Clock(Instant::now());
-        // Each request in one span, or in two (a queue span, then one with
-        // its admission and release, as `tpsgap bench` sends them), both
-        // carrying its cap. Spans go in the order of their last stamp, so
-        // that none is late.
         // Some requests still in flight at the run's end (no release), or
         // still queued (neither admission nor release).
         let stamps = |i: usize| {
@@ -389,6 +386,10 @@ proptest! {
             }
             e
         };
+        // Each request in one span, or in two (a queue span, then one with
+        // its admission and release, as `tpsgap bench` sends them), both
+        // carrying its cap. Spans go in the order of their last stamp, so
+        // that none is late.
         let mut spans: Vec<TestSpan> = Vec::new();
         for i in 0..reqs.len() {
             let [q, a, r] = stamps(i);
