@@ -346,7 +346,7 @@ fn random_run() -> impl Strategy<Value = Vec<(f64, f64, f64)>> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
-    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>(), when_asked in any::<bool>(), varied in any::<bool>(), drawn in prop::collection::vec(1u32..4, 40), loose in prop::option::of((0u32..300, 1u32..4)), split in any::<bool>(), restart in prop::option::of(0usize..80), unfinished in prop::collection::vec(0u8..8, 40), detail in prop::collection::vec((0u64..50, 0u8..6, 0u64..3), 40), shuffled in prop::option::of(any::<u64>())) {
+    fn live_windows_equal_offline_windows(reqs in random_run(), step in 1i64..6, extra in 0i64..8, tick_between in any::<bool>(), when_asked in any::<bool>(), varied in any::<bool>(), drawn in prop::collection::vec(1u32..4, 40), loose in prop::option::of((0u32..300, 1u32..4)), split in any::<bool>(), restart in prop::option::of(0usize..80), unfinished in prop::collection::vec(0u8..8, 40), detail in prop::collection::vec((0u64..50, 0u8..6, 0u64..3), 40), shuffled in prop::option::of(any::<u64>()), named in prop::option::of((0usize..40, 1u32..4))) {
         prop_assume!(!reqs.is_empty());
         // Every request's cap 1, or each one's drawn from 1 to 3.
         let cap = |i: usize| if varied { drawn[i] } else { 1 };
@@ -421,12 +421,26 @@ proptest! {
                 order.push(i);
             }
         }
-        let mut outs = Vec::new();
+        // Before the requests: the loose cap, and a cap on a span that names
+        // a request but has no time (at that request's time, if it comes).
+        let mut first = Vec::new();
         if let Some(l) = loose {
-            let o = Observation { run_id: "p".into(), cap: Some(l.value), span_start: l.t, ..Observation::default() };
+            first.push(Observation { run_id: "p".into(), cap: Some(l.value), span_start: l.t, ..Observation::default() });
+        }
+        if let Some((k, value)) = named {
+            first.push(Observation { run_id: "p".into(), request: request_key(&k.to_string()), explicit_request_id: true, cap: Some(value), span_start: T0, ..Observation::default() });
+        }
+        // The report `analyze` makes of the same spans in the same order.
+        let mut joined = crate::join::RunState::default();
+        let mut outs = Vec::new();
+        for o in first {
+            joined.apply(&o);
             e.ingest(vec![Extracted::Observation(o)], c.at(0)).unwrap();
         }
         for (n, &(i, stamps)) in spans.iter().enumerate() {
+            if let Extracted::Observation(o) = span(i, stamps) {
+                joined.apply(&o);
+            }
             let got = e.ingest(vec![span(i, stamps)], c.at(n as u64)).unwrap();
             prop_assert!(shuffled.is_some() || got.late == 0);
             if tick_between {
@@ -456,8 +470,10 @@ proptest! {
         }
         let refs: Vec<&Request> = offline_reqs.iter().collect();
         // The caps in receive order (at one instant the last one wins).
-        let caps: Vec<crate::window::CapPoint> = loose.into_iter().chain(order.iter().filter_map(|&i| crate::join::cap_time(refs[i]).map(|t| crate::window::CapPoint { t, value: cap(i) }))).collect();
+        let named_cap = named.map(|(k, value)| crate::window::CapPoint { t: refs.get(k).and_then(|r| crate::join::cap_time(r)).unwrap_or(T0), value });
+        let caps: Vec<crate::window::CapPoint> = loose.into_iter().chain(named_cap).chain(order.iter().filter_map(|&i| crate::join::cap_time(refs[i]).map(|t| crate::window::CapPoint { t, value: cap(i) }))).collect();
         let (offline, profile) = crate::window::compute_run("p", &refs, &caps, &lc.window);
+        same_but_rounding(&joined.report("p", &lc.window), &offline)?;
         // The final report equals the offline one but for the windows (each
         // exported as it became final; compared below) and late spans,
         // whether the run was swept before its end or only at it; and so
