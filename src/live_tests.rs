@@ -438,10 +438,11 @@ proptest! {
             e.ingest(vec![Extracted::Observation(o)], c.at(0)).unwrap();
         }
         for (n, &(i, stamps)) in spans.iter().enumerate() {
-            if let Extracted::Observation(o) = span(i, stamps) {
-                joined.apply(&o);
+            let sent = span(i, stamps);
+            if let Extracted::Observation(o) = &sent {
+                joined.apply(o);
             }
-            let got = e.ingest(vec![span(i, stamps)], c.at(n as u64)).unwrap();
+            let got = e.ingest(vec![sent], c.at(n as u64)).unwrap();
             prop_assert!(shuffled.is_some() || got.late == 0);
             if tick_between {
                 outs.extend(e.tick(c.at(n as u64), false));

@@ -5,19 +5,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
-#[test]
-fn bench_loads_a_spawned_server_and_reports_json() {
+/// `tpsgap bench --json ARGS` (server flags after `--`), which must
+/// succeed, as its one JSON object.
+fn bench_json(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-        .args([
-            "bench",
-            "--spans",
-            "20480",
-            "--runs",
-            "10",
-            "--settle-ms",
-            "300",
-            "--json",
-        ])
+        .args(["bench", "--json"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .output()
         .expect("run tpsgap bench");
@@ -25,11 +18,16 @@ fn bench_loads_a_spawned_server_and_reports_json() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "bench failed ({}):\n{stderr}\n{stdout}",
+        "bench {args:?} failed ({}):\n{stderr}\n{stdout}",
         out.status
     );
-    let v: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stdout}"));
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bench {args:?}: not one JSON object ({e}):\n{stdout}"))
+}
+
+#[test]
+fn bench_loads_a_spawned_server_and_reports_json() {
+    let v = bench_json(&["--spans", "20480", "--runs", "10", "--settle-ms", "300"]);
     assert_eq!(v["spans"], 20480, "{v}");
     assert!(v["retries"].is_u64(), "retries: {v}");
     assert_eq!(v["rejected_spans"], 0, "{v}");
@@ -53,30 +51,15 @@ fn bench_loads_a_spawned_server_and_reports_json() {
 #[test]
 fn a_server_stopping_after_a_stage_takes_the_load_and_keeps_nothing() {
     for stage in ["receive", "decode", "extract"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tpsgap"))
-            .args([
-                "bench",
-                "--spans",
-                "4096",
-                "--runs",
-                "4",
-                "--json",
-                "--",
-                "--bench-stop-after",
-                stage,
-            ])
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run tpsgap bench");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stage}: bench failed ({}):\n{}\n{stdout}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("{stage}: not one JSON object ({e}):\n{stdout}"));
+        let v = bench_json(&[
+            "--spans",
+            "4096",
+            "--runs",
+            "4",
+            "--",
+            "--bench-stop-after",
+            stage,
+        ]);
         assert_eq!(v["spans"], 4096, "{stage}: {v}");
         assert_eq!(v["rejected_spans"], 0, "{stage}: {v}");
         assert_eq!(v["retries"], 0, "{stage}: {v}");
