@@ -5,12 +5,13 @@
 //! the same span delivered twice changes nothing and spans of one request may
 //! arrive in any order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
 use crate::extract::Extracted;
+use crate::key_index::KeyIndex;
 use crate::model::{CapObservation, Nanos, Observation, Request, RequestKey, Stamp, NONE};
 use crate::report::{Report, RunReport, Stats};
 use crate::window::{
@@ -27,7 +28,7 @@ pub type FastHash = foldhash::fast::FixedState;
 pub struct RunState {
     requests: Requests,
     #[serde(skip)]
-    index: HashMap<RequestKey, u32, FastHash>,
+    index: KeyIndex,
     /// Model names; requests hold an index. Shared with the requests'
     /// output ([`crate::live::DoneRequest`]), which takes no copy.
     models: Vec<std::sync::Arc<str>>,
@@ -48,19 +49,23 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// Asks for the cache line where `o`'s request is looked up, ahead of
+    /// [`RunState::apply`] (see [`KeyIndex::prefetch`]).
+    #[inline(always)]
+    pub fn prefetch(&self, o: &Observation<'_>) {
+        self.index.prefetch(o.request);
+    }
+
     /// Merges one observation of this run.
     pub fn apply(&mut self, o: &Observation<'_>) {
         if o.is_request() {
-            let i = match self.index.get(&o.request) {
-                Some(&i) => i as usize,
-                None => {
-                    let i = self.requests.len() as u32;
-                    self.index.insert(o.request, i);
-                    self.open.push(i);
-                    self.requests.push(Request::new(o.request, o.span));
-                    self.requests.len() - 1
-                }
-            };
+            let next = self.requests.len() as u32;
+            let (i, new) = self.index.get_or_insert(o.request, next);
+            if new {
+                self.open.push(i);
+                self.requests.push(Request::new(o.request, o.span));
+            }
+            let i = i as usize;
             let model = o.model.map(|m| self.model_id(m));
             let models = &self.models;
             let r = &mut self.requests[i];
@@ -137,7 +142,7 @@ impl RunState {
 
     /// Whether a request with this key was joined.
     pub fn contains(&self, key: RequestKey) -> bool {
-        self.index.contains_key(&key)
+        self.index.get(key).is_some()
     }
 
     /// The requests, in join order.
@@ -157,8 +162,8 @@ impl RunState {
         self.loose_caps.iter().map(|c| {
             let r = c
                 .request
-                .and_then(|k| self.index.get(&k))
-                .map(|&i| &self.requests[i as usize]);
+                .and_then(|k| self.index.get(k))
+                .map(|i| &self.requests[i as usize]);
             let t = r.and_then(cap_time).unwrap_or(c.span_start);
             (c.seq, CapPoint { t, value: c.value })
         })
@@ -171,7 +176,7 @@ impl RunState {
         self.loose_seen = HashSet::default();
         self.open = Vec::new();
         if self.loose_caps.iter().all(|c| c.request.is_none()) {
-            self.index = HashMap::default();
+            self.index = KeyIndex::default();
         }
     }
 

@@ -37,6 +37,7 @@ pub mod fuzzing;
 pub mod ingest;
 pub mod input;
 pub mod join;
+pub mod key_index;
 pub mod lean;
 pub mod live;
 pub mod model;

@@ -556,6 +556,9 @@ impl LiveRun {
 
 /// A batch's observations grouped by run, runs in the order of their first
 /// span and each run's spans in their order: a chain of item indices per run.
+/// How many spans ahead a run's index lines are fetched while joining.
+const PREFETCH_AHEAD: usize = 6;
+
 struct RunGroups<'b> {
     names: Vec<&'b str>,
     /// The first and last item of each run's chain.
@@ -607,7 +610,7 @@ impl<'b> RunGroups<'b> {
         &'s self,
         g: usize,
         items: &'s [Extracted<'a>],
-    ) -> impl Iterator<Item = &'s Observation<'a>> + 's {
+    ) -> impl Iterator<Item = &'s Observation<'a>> + Clone + 's {
         let mut i = self.ends[g].0;
         std::iter::from_fn(move || {
             while i != Self::END {
@@ -842,13 +845,22 @@ impl Engine {
         &self,
         id: &str,
         run: &mut LiveRun,
-        spans: impl Iterator<Item = &'s Observation<'a>>,
+        spans: impl Iterator<Item = &'s Observation<'a>> + Clone,
         now: Now,
         out: &mut IngestOutcome,
     ) {
         run.due.last_span = now.mono;
         let min_before = run.join.min_stamp;
+        // The index lines of the spans a few places ahead are fetched while
+        // this one is joined: a new request's lookup is a cache miss.
+        let mut ahead = spans.clone();
+        for o in ahead.by_ref().take(PREFETCH_AHEAD) {
+            run.join.prefetch(o);
+        }
         for o in spans {
+            if let Some(a) = ahead.next() {
+                run.join.prefetch(a);
+            }
             if o.is_request()
                 && run.join.len() >= self.cfg.max_requests_per_run
                 && !run.join.contains(o.request)
