@@ -212,6 +212,9 @@ mod tests {
         assert_eq!(index.get_or_insert(42, 0), (0, true));
         assert_eq!(index.get_or_insert(42, 1), (0, false));
         assert_eq!(index.get_or_insert(0, 1), (1, true));
-        assert_eq!((index.get(42), index.get(0), index.len()), (Some(0), Some(1), 2));
+        assert_eq!(
+            (index.get(42), index.get(0), index.len()),
+            (Some(0), Some(1), 2)
+        );
     }
 }
