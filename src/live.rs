@@ -556,6 +556,9 @@ impl LiveRun {
 
 /// A batch's observations grouped by run, runs in the order of their first
 /// span and each run's spans in their order: a chain of item indices per run.
+/// A live run, locked for writing.
+type RunRef<'m> = dashmap::mapref::one::RefMut<'m, String, LiveRun>;
+
 /// How many spans ahead a run's index lines are fetched while joining.
 const PREFETCH_AHEAD: usize = 6;
 
@@ -795,19 +798,36 @@ impl Engine {
         // Each run is locked once for all its spans in the batch. A run
         // another thread holds (a receiver, or the tick finalizing it) is
         // taken after the others, so the receivers rarely wait on a lock.
+        // A run is joined one group late: its lookups' index lines are
+        // fetched while the group before it is joined. Only a lock that is
+        // free is taken while another is held (`try_get_mut`); a run that
+        // must be created, which waits for its shard, is created with none
+        // held.
         let mut busy = Vec::new();
+        let mut held = None;
+        let join_held = |held: Option<(usize, RunRef<'_>)>, out: &mut IngestOutcome| {
+            if let Some((h, mut run)) = held {
+                let id = batch.names[h];
+                self.apply_group(id, &mut run, batch.spans(h, &items), now, out);
+            }
+        };
         for (g, id) in batch.names.iter().enumerate() {
             match self.runs.try_get_mut(*id) {
-                dashmap::try_result::TryResult::Present(mut run) => {
-                    self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out)
+                dashmap::try_result::TryResult::Present(run) => {
+                    for o in batch.spans(g, &items).take(PREFETCH_AHEAD) {
+                        run.join.prefetch(o);
+                    }
+                    join_held(held.replace((g, run)), &mut out);
                 }
                 dashmap::try_result::TryResult::Absent => {
+                    join_held(held.take(), &mut out);
                     let mut run = self.run_entry(id, now);
                     self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out)
                 }
                 dashmap::try_result::TryResult::Locked => busy.push(g),
             }
         }
+        join_held(held.take(), &mut out);
         for g in busy {
             let id = batch.names[g];
             let mut run = self.run_entry(id, now);
@@ -833,7 +853,7 @@ impl Engine {
     }
 
     /// Run `id`, locked; started (and counted live) if it is new.
-    fn run_entry(&self, id: &str, now: Now) -> dashmap::mapref::one::RefMut<'_, String, LiveRun> {
+    fn run_entry(&self, id: &str, now: Now) -> RunRef<'_> {
         self.runs.entry(id.to_string()).or_insert_with(|| {
             self.live.fetch_add(1, Ordering::Relaxed);
             LiveRun::new(now.unix_ns, now.mono)
