@@ -412,7 +412,8 @@ pub enum Extracted<'a> {
 /// Turns OTLP spans into observations using the configured attribute names.
 #[derive(Clone, Debug)]
 pub struct Extractor {
-    keys: KeyTable<(Field, u8)>,
+    /// Each name's field (as its slot in [`Found`]) and priority.
+    keys: KeyTable<(u8, u8)>,
     events: KeyTable<Stamp>,
     preset: Option<Preset>,
     max_attribute_length: usize,
@@ -502,7 +503,10 @@ impl Extractor {
         let mut events = KeyTable::default();
         let mut add = |list: &[String], f: Field| {
             for (i, k) in list.iter().enumerate() {
-                keys.insert_first(k.as_bytes(), (f, u8::try_from(i).unwrap_or(u8::MAX)));
+                keys.insert_first(
+                    k.as_bytes(),
+                    (f.slot() as u8, u8::try_from(i).unwrap_or(u8::MAX)),
+                );
             }
         };
         add(&n.run, Field::Run);
@@ -568,12 +572,12 @@ impl Extractor {
             {
                 too_long = Some(key);
             }
-            let (Some((field, prio)), Some(v)) = (self.keys.get(key), value) else {
+            let (Some(&(slot, prio)), Some(v)) = (self.keys.get(key), value) else {
                 continue;
             };
-            let slot = &mut found[field.slot()];
-            if slot.is_none_or(|(p, _, _)| *prio < p) {
-                *slot = Some((*prio, key, v));
+            let slot = &mut found[usize::from(slot)];
+            if slot.is_none_or(|(p, _, _)| prio < p) {
+                *slot = Some((prio, key, v));
             }
         }
         Ok(too_long)
