@@ -554,14 +554,14 @@ impl LiveRun {
     }
 }
 
-/// A batch's observations grouped by run, runs in the order of their first
-/// span and each run's spans in their order: a chain of item indices per run.
 /// A live run, locked for writing.
 type RunRef<'m> = dashmap::mapref::one::RefMut<'m, String, LiveRun>;
 
 /// How many spans ahead a run's index lines are fetched while joining.
 const PREFETCH_AHEAD: usize = 6;
 
+/// A batch's observations grouped by run, runs in the order of their first
+/// span and each run's spans in their order: a chain of item indices per run.
 struct RunGroups<'b> {
     names: Vec<&'b str>,
     /// The first and last item of each run's chain.
