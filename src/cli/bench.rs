@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// 3 (queue + prefill + decode).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
     pub spans_per_request: u8,
+    /// Send a request's later spans (after its first) this many requests
+    /// later, as a pipeline exports a queue span at admission and the
+    /// inference span at release, seconds apart; 0 sends them together.
+    #[arg(long, default_value_t = 0)]
+    pub span_lag: u64,
     /// Inside a run, request i is queued at start + i × this many milliseconds.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub interval_ms: u64,
@@ -152,6 +157,8 @@ pub struct LoadSpec {
     pub batch: u64,
     /// Spans per LLM request, 1 to 3.
     pub spans_per_request: u8,
+    /// A request's later spans are sent this many requests after its first.
+    pub span_lag: u64,
     /// Queue interval between consecutive requests of a run, in ns.
     pub interval_ns: i64,
     /// The `cap` attribute.
@@ -169,6 +176,7 @@ impl LoadSpec {
             spans: a.spans,
             batch: a.batch,
             spans_per_request: a.spans_per_request,
+            span_lag: a.span_lag,
             interval_ns: i64::try_from(a.interval_ms)
                 .unwrap_or(i64::MAX / 1_000_000)
                 .saturating_mul(1_000_000),
@@ -233,6 +241,9 @@ pub struct LoadBuilder {
     next_request: u64,
     /// Spans built but not yet handed out (a request may straddle batches).
     pending: Vec<Span>,
+    /// Later spans held back by `span_lag`, with the request number after
+    /// which they are sent, in that order.
+    later: std::collections::VecDeque<(u64, Span)>,
 }
 
 impl LoadBuilder {
@@ -243,6 +254,7 @@ impl LoadBuilder {
             spec,
             next_request: 0,
             pending: Vec::new(),
+            later: std::collections::VecDeque::new(),
         }
     }
 
@@ -358,7 +370,7 @@ impl LoadBuilder {
             } else {
                 (self.rng.random::<[u8; 8]>().to_vec(), root_id.to_vec())
             };
-            self.pending.push(Span {
+            let span = Span {
                 trace_id: trace_id.to_vec(),
                 span_id,
                 parent_span_id: parent,
@@ -372,7 +384,12 @@ impl LoadBuilder {
                 end_time_unix_nano: u64::try_from(end).unwrap_or(0),
                 attributes,
                 ..Span::default()
-            });
+            };
+            if n > 0 && self.spec.span_lag > 0 {
+                self.later.push_back((k + self.spec.span_lag, span));
+            } else {
+                self.pending.push(span);
+            }
         }
     }
 
@@ -409,6 +426,19 @@ impl Iterator for LoadBuilder {
         while self.pending.len() < batch && self.next_request < self.spec.requests() {
             self.push_request(self.next_request);
             self.next_request += 1;
+            while let Some((due, _)) = self.later.front() {
+                if *due >= self.next_request {
+                    break;
+                }
+                if let Some((_, span)) = self.later.pop_front() {
+                    self.pending.push(span);
+                }
+            }
+        }
+        if self.next_request >= self.spec.requests() {
+            // The last requests' later spans go out at the end.
+            self.pending
+                .extend(self.later.drain(..).map(|(_, span)| span));
         }
         if self.pending.is_empty() {
             return None;
@@ -1023,6 +1053,8 @@ pub struct BenchReport {
     /// Spans per repeat.
     pub spans: u64,
     pub spans_per_request: u8,
+    /// A request's later spans were sent this many requests after its first.
+    pub span_lag: u64,
     pub batch: u64,
     /// Export requests per repeat.
     pub export_requests: u64,
@@ -1244,12 +1276,13 @@ pub fn write_table(out: &mut impl Write, r: &BenchReport) -> std::io::Result<()>
     )?;
     writeln!(
         out,
-        "load: {} spans in {} export requests of {} spans, {} runs, {} spans/request, {:.1} bytes/span, {:.1} MiB on the wire",
+        "load: {} spans in {} export requests of {} spans, {} runs, {} spans/request (later ones {} requests later), {:.1} bytes/span, {:.1} MiB on the wire",
         r.spans,
         r.export_requests,
         r.batch,
         r.runs,
         r.spans_per_request,
+        r.span_lag,
         r.avg_bytes_per_span,
         r.wire_bytes as f64 / 1048576.0
     )?;
@@ -1333,6 +1366,7 @@ pub async fn run(a: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
         runs: a.runs,
         spans: load.spans,
         spans_per_request: a.spans_per_request,
+        span_lag: a.span_lag,
         batch: a.batch,
         export_requests: load.bodies.len() as u64,
         avg_bytes_per_span: load.bytes_per_span(),
@@ -1376,6 +1410,7 @@ mod tests {
             spans,
             batch: 64,
             spans_per_request: spr,
+            span_lag: 0,
             interval_ns: 50_000_000,
             cap: 8,
             seed: 7,
@@ -1396,6 +1431,47 @@ mod tests {
             .flat_map(|r| r.scope_spans)
             .flat_map(|s| s.spans)
             .collect()
+    }
+
+    /// With a lag, a request's later spans come after the first span of the
+    /// request that many requests later, and no span is lost or repeated.
+    #[test]
+    fn a_span_lag_sends_later_spans_that_many_requests_later() {
+        let mut lagged = spec(3000, 2);
+        lagged.span_lag = 100;
+        let spans = all_spans(&lagged);
+        let together = all_spans(&spec(3000, 2));
+        assert_eq!(spans.len(), 3000);
+        let ids = |v: &[Span]| {
+            let mut ids: Vec<Vec<u8>> = v.iter().map(|s| s.span_id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&spans), ids(&together));
+        // Request k is the k-th root span; its inference span follows the
+        // root span of request k + 100 (and precedes request k + 101's).
+        let roots: Vec<usize> = (0..spans.len())
+            .filter(|&i| spans[i].parent_span_id.is_empty())
+            .collect();
+        assert_eq!(roots.len(), 1500);
+        for k in [0usize, 7, 1398] {
+            let root = &spans[roots[k]];
+            let child = spans
+                .iter()
+                .position(|s| s.parent_span_id == root.span_id)
+                .expect("the inference span is sent");
+            assert!(
+                child > roots[k + 100] && child < roots[k + 101],
+                "request {k}"
+            );
+        }
+        // The last hundred requests' later spans come at the end, in order.
+        let root = &spans[roots[1450]];
+        let child = spans
+            .iter()
+            .position(|s| s.parent_span_id == root.span_id)
+            .expect("sent");
+        assert_eq!(child, 3000 - 50);
     }
 
     #[test]
