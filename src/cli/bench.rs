@@ -386,7 +386,8 @@ impl LoadBuilder {
                 ..Span::default()
             };
             if n > 0 && self.spec.span_lag > 0 {
-                self.later.push_back((k + self.spec.span_lag, span));
+                self.later
+                    .push_back((k.saturating_add(self.spec.span_lag), span));
             } else {
                 self.pending.push(span);
             }
@@ -1276,13 +1277,17 @@ pub fn write_table(out: &mut impl Write, r: &BenchReport) -> std::io::Result<()>
     )?;
     writeln!(
         out,
-        "load: {} spans in {} export requests of {} spans, {} runs, {} spans/request (later ones {} requests later), {:.1} bytes/span, {:.1} MiB on the wire",
+        "load: {} spans in {} export requests of {} spans, {} runs, {} spans/request{}, {:.1} bytes/span, {:.1} MiB on the wire",
         r.spans,
         r.export_requests,
         r.batch,
         r.runs,
         r.spans_per_request,
-        r.span_lag,
+        if r.span_lag > 0 {
+            format!(" (later ones {} requests later)", r.span_lag)
+        } else {
+            String::new()
+        },
         r.avg_bytes_per_span,
         r.wire_bytes as f64 / 1048576.0
     )?;
@@ -1472,6 +1477,11 @@ mod tests {
             .position(|s| s.parent_span_id == root.span_id)
             .expect("sent");
         assert_eq!(child, 3000 - 50);
+        // A lag past the load holds every later span to the end.
+        lagged.span_lag = u64::MAX;
+        let spans = all_spans(&lagged);
+        assert_eq!(ids(&spans), ids(&together));
+        assert!(spans[..1500].iter().all(|s| s.parent_span_id.is_empty()));
     }
 
     #[test]
