@@ -560,6 +560,14 @@ type RunRef<'m> = dashmap::mapref::one::RefMut<'m, String, LiveRun>;
 /// How many spans ahead a run's index lines are fetched while joining.
 const PREFETCH_AHEAD: usize = 6;
 
+/// Fetches the index lines of a run's first spans of a batch, before it is
+/// joined ([`Engine::apply_group`] fetches the rest as it goes).
+fn warm_up<'s, 'a: 's>(run: &LiveRun, spans: impl Iterator<Item = &'s Observation<'a>>) {
+    for o in spans.take(PREFETCH_AHEAD) {
+        run.join.prefetch(o);
+    }
+}
+
 /// A batch's observations grouped by run, runs in the order of their first
 /// span and each run's spans in their order: a chain of item indices per run.
 struct RunGroups<'b> {
@@ -814,14 +822,13 @@ impl Engine {
         for (g, id) in batch.names.iter().enumerate() {
             match self.runs.try_get_mut(*id) {
                 dashmap::try_result::TryResult::Present(run) => {
-                    for o in batch.spans(g, &items).take(PREFETCH_AHEAD) {
-                        run.join.prefetch(o);
-                    }
+                    warm_up(&run, batch.spans(g, &items));
                     join_held(held.replace((g, run)), &mut out);
                 }
                 dashmap::try_result::TryResult::Absent => {
                     join_held(held.take(), &mut out);
                     let mut run = self.run_entry(id, now);
+                    warm_up(&run, batch.spans(g, &items));
                     self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out)
                 }
                 dashmap::try_result::TryResult::Locked => busy.push(g),
@@ -831,6 +838,7 @@ impl Engine {
         for g in busy {
             let id = batch.names[g];
             let mut run = self.run_entry(id, now);
+            warm_up(&run, batch.spans(g, &items));
             self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out);
         }
         drop(batch);
@@ -860,7 +868,8 @@ impl Engine {
         })
     }
 
-    /// Joins one run's spans of a batch, in their order.
+    /// Joins one run's spans of a batch, in their order; the caller has
+    /// fetched the index lines of the first [`PREFETCH_AHEAD`] ([`warm_up`]).
     fn apply_group<'s, 'a: 's>(
         &self,
         id: &str,
@@ -873,10 +882,7 @@ impl Engine {
         let min_before = run.join.min_stamp;
         // The index lines of the spans a few places ahead are fetched while
         // this one is joined: a new request's lookup is a cache miss.
-        let mut ahead = spans.clone();
-        for o in ahead.by_ref().take(PREFETCH_AHEAD) {
-            run.join.prefetch(o);
-        }
+        let mut ahead = spans.clone().skip(PREFETCH_AHEAD);
         for o in spans {
             if let Some(a) = ahead.next() {
                 run.join.prefetch(a);
