@@ -40,8 +40,15 @@ pub struct RunState {
     loose_seen: HashSet<(u32, Option<RequestKey>, Nanos), FastHash>,
     /// Receive order of cap observations.
     cap_seq: u32,
-    /// Requests a live run has not retired yet (indices, see `live`).
+    /// Requests a live run has not retired yet (indices, see `live`), in
+    /// join order (so in order of index).
     open: Vec<u32>,
+    /// Requests merged into after the live sweep took something of them or
+    /// counted them (indices, in merge order, repeats possible): the live
+    /// engine looks at them again though they lie in its settled prefix of
+    /// `open` (see `live`). Never set offline.
+    #[serde(skip)]
+    touched: Vec<u32>,
     /// The smallest and largest request timestamps seen (the live
     /// watermark follows the largest).
     pub min_stamp: Option<Nanos>,
@@ -66,6 +73,9 @@ impl RunState {
                 self.requests.push(Request::new(o.request, o.span));
             }
             let i = i as usize;
+            if !new && (self.requests[i].swept != 0 || self.requests[i].counted()) {
+                self.touched.push(i as u32);
+            }
             let model = o.model.map(|m| self.model_id(m));
             let models = &self.models;
             let r = &mut self.requests[i];
@@ -150,9 +160,10 @@ impl RunState {
         &self.requests
     }
 
-    /// The requests a live run has not retired, and the requests.
-    pub fn open_mut(&mut self) -> (&mut Vec<u32>, &mut Requests) {
-        (&mut self.open, &mut self.requests)
+    /// The requests a live run has not retired, the requests, and those
+    /// merged into after the live engine swept or counted them.
+    pub fn open_mut(&mut self) -> (&mut Vec<u32>, &mut Requests, &mut Vec<u32>) {
+        (&mut self.open, &mut self.requests, &mut self.touched)
     }
 
     /// The loose caps (cap observations not carried on a request) with
@@ -175,6 +186,7 @@ impl RunState {
     pub fn settle(&mut self) {
         self.loose_seen = HashSet::default();
         self.open = Vec::new();
+        self.touched = Vec::new();
         if self.loose_caps.iter().all(|c| c.request.is_none()) {
             self.index = KeyIndex::default();
         }

@@ -172,6 +172,12 @@ struct LiveRun {
     /// The swept timeline from the frontier (the start of the first window
     /// or step slice not final) to where the sweep stopped.
     ledger: Option<Ledger>,
+    /// The first this many requests of the run's open list are settled
+    /// (swept and counted: see [`settled`]) unless merged into since (the
+    /// run's touched list): the sweep and the count pass over them. Not
+    /// kept in a checkpoint: a restored run looks at every open request.
+    #[serde(skip)]
+    settled: usize,
 }
 
 /// Bits of [`Request::swept`]: the sweep events already swept past.
@@ -183,6 +189,26 @@ const SWEPT_CAP: u8 = 16;
 
 /// An event's time, its request and its [`Request::swept`] bit.
 type Mark = (Nanos, u32, u8);
+
+/// Whether the sweep has taken everything of `r` and `r` is counted: until
+/// it is merged into, [`open_events`] has nothing of it at any watermark
+/// (its intervals are closed, so they do not move with the run's end) and
+/// the count has nothing either.
+fn settled(r: &Request) -> bool {
+    // A counted request has its release: neither interval depends on the
+    // run's end.
+    let run_end = Nanos::MAX;
+    let done = |interval: Option<(Nanos, Nanos)>, start: u8, end: u8| match interval {
+        Some(_) => r.swept & end != 0,
+        None => r.swept & start == 0 || r.swept & end != 0,
+    };
+    r.counted()
+        && done(queued_interval(r, run_end), SWEPT_QUEUE_IN, SWEPT_QUEUE_OUT)
+        && done(in_flight_interval(r, run_end), SWEPT_ADMIT, SWEPT_RELEASE)
+        && (r.cap == crate::model::NONE
+            || r.swept & SWEPT_CAP != 0
+            || crate::join::cap_time(r).is_none())
+}
 
 /// The sweep events in `[from, until)` of the open requests of a run, each
 /// with the request and bit it marks once swept. An event not swept yet but
@@ -550,6 +576,7 @@ impl LiveRun {
             late_spans: 0,
             sweep: None,
             ledger: None,
+            settled: 0,
         }
     }
 }
@@ -1120,7 +1147,19 @@ impl Engine {
                 true,
             ),
         };
-        let (open, reqs) = run.join.open_mut();
+        let (open, reqs, touched) = run.join.open_mut();
+        let mut settled = run.settled.min(open.len());
+        // What the sweep may take something of: the open requests after the
+        // settled prefix, and those of the prefix merged into since, in
+        // order of index (as `open`).
+        let mut visit: Vec<u32> = touched
+            .iter()
+            .copied()
+            .filter(|i| open[..settled].binary_search(i).is_ok())
+            .collect();
+        visit.sort_unstable();
+        visit.dedup();
+        visit.extend_from_slice(&open[settled..]);
         let sweep_from = init.at;
         // A run of one instant is swept once, over nothing: its ledger
         // holds its windows (empty, but for its counts), as offline.
@@ -1128,7 +1167,7 @@ impl Engine {
             let steady = init
                 .cap
                 .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
-            let (mut events, marks) = open_events(open, reqs, run_end, sweep_from, until, steady);
+            let (mut events, marks) = open_events(&visit, reqs, run_end, sweep_from, until, steady);
             if first_sweep {
                 // Caps at the run's start are in the initial state.
                 events.retain(|e| !matches!(e.1, Ev::Cap { .. }) || e.0 > sweep_from);
@@ -1172,8 +1211,31 @@ impl Engine {
         let open_reqs: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
 
         let gaps = p.gaps();
-        // Exemplars come from the requests waiting in a gap.
-        let queued = Queued::of(&open_reqs, gaps, run_end);
+        // The gaps that end now (ends only grow: a run of them). A gap
+        // reaching the end of the swept timeline may go on.
+        let open_end = wm.map(|_| p.end);
+        let new_gaps = {
+            let first = gaps.partition_point(|g| g.end <= run.gaps_done_until);
+            let last = gaps.partition_point(|g| g.end <= cut).max(first);
+            let new = &gaps[first..last];
+            match new.split_last() {
+                Some((g, before)) if Some(g.end) == open_end => before,
+                _ => new,
+            }
+        };
+        // Exemplars come from the requests waiting in a gap: the new gaps
+        // and the windows final now are all that is asked about.
+        let mut asked = match (new_gaps.first(), new_gaps.last()) {
+            (Some(f), Some(l)) => (f.start, l.end),
+            _ => (Nanos::MAX, Nanos::MIN),
+        };
+        if from <= to {
+            asked = (
+                asked.0.min(from * w.step),
+                asked.1.max(to * w.step + w.window),
+            );
+        }
+        let queued = Queued::of(&open_reqs, gaps, run_end, asked);
         if from <= to {
             let reports = window_reports(|a, b, c| p.stats(a, b, c), &open_reqs, from, to, &w);
             let longest = longest_in_flight(&open_reqs, from, to, &w, run_end);
@@ -1215,13 +1277,8 @@ impl Engine {
         let counted_until = run
             .next_slice
             .map_or(i64::MIN, |k| k.saturating_mul(w.step));
-        // A gap reaching the end of the swept timeline may go on.
-        let open_end = wm.map(|_| p.end);
-        out.gaps.reserve(gaps.len());
-        for g in gaps
-            .iter()
-            .filter(|g| g.end <= cut && g.end > run.gaps_done_until && Some(g.end) != open_end)
-        {
+        out.gaps.reserve_exact(new_gaps.len());
+        for g in new_gaps {
             out.gaps.push(FinalGap {
                 start: g.start,
                 end: g.end,
@@ -1242,8 +1299,10 @@ impl Engine {
         // Released before the counted slices end, each once; in release
         // order, then by span, then as joined (`open` is in join order):
         // small keys are sorted, not the records.
-        let mut counted: Vec<(Nanos, SpanRef, u32)> = Vec::with_capacity(open.len().min(4096));
-        for &i in open.iter() {
+        // (The settled prefix is counted already.)
+        let mut counted: Vec<(Nanos, SpanRef, u32)> =
+            Vec::with_capacity((open.len() - settled).min(4096));
+        for &i in &open[settled..] {
             let r = &mut reqs[i as usize];
             let Some(t) = r.get(Stamp::Released) else {
                 continue;
@@ -1253,14 +1312,30 @@ impl Engine {
                 counted.push((t, r.span, i));
             }
         }
+        while open
+            .get(settled)
+            .is_some_and(|&i| self::settled(&reqs[i as usize]))
+        {
+            settled += 1;
+        }
         if wm.is_some() {
             // Counted and wholly before the frontier: nothing of it is left to
             // sweep, count or show.
+            let (mut at, mut kept) = (0, 0);
             open.retain(|&i| {
                 let r = &reqs[i as usize];
-                !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier))
+                let keep = !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier));
+                kept += usize::from(keep && at < settled);
+                at += 1;
+                keep
             });
+            settled = kept;
         }
+        // Requests of the prefix still owed something stay touched.
+        touched.retain(|&i| {
+            !self::settled(&reqs[i as usize]) && open[..settled].binary_search(&i).is_ok()
+        });
+        run.settled = settled;
         counted.sort_unstable();
         let reqs = run.join.requests();
         out.requests.extend(counted.into_iter().map(|(t, _, i)| {
@@ -1438,36 +1513,67 @@ fn done(r: &Request, model: Option<&std::sync::Arc<str>>, released: Nanos) -> Do
 /// The open requests waiting in some of `gaps`, earliest first (by
 /// timestamps, then span): the exemplars of gaps are taken from it. Sorted
 /// once for all the gaps and windows of one finalization.
-struct Queued<'a>(Vec<(Nanos, Nanos, &'a Request)>);
+struct Queued<'a> {
+    /// Each request's queued interval, in order of its start.
+    q: Vec<(Nanos, Nanos, &'a Request)>,
+    /// `reach[i]`: the latest end among `q[..=i]` (so it never decreases).
+    reach: Vec<Nanos>,
+}
 
 impl<'a> Queued<'a> {
-    /// `gaps` in time order, as [`Profile::gaps`] gives them.
-    fn of(reqs: &[&'a Request], gaps: &[GapInterval], run_end: Nanos) -> Queued<'a> {
+    /// `gaps` in time order, as [`Profile::gaps`] gives them; only what
+    /// overlaps `asked` (every range [`Queued::within`] will be asked
+    /// about lies in it) is kept.
+    fn of(
+        reqs: &[&'a Request],
+        gaps: &[GapInterval],
+        run_end: Nanos,
+        asked: (Nanos, Nanos),
+    ) -> Queued<'a> {
+        let (lo, hi) = asked;
+        // The gaps meeting `asked`: a request waiting in another gap only
+        // is never asked about.
+        let first = gaps.partition_point(|g| g.end <= lo);
+        let gaps = &gaps[first..];
+        let gaps = &gaps[..gaps.partition_point(|g| g.start < hi)];
         let in_gap = |(a, b): (Nanos, Nanos)| {
             let i = gaps.partition_point(|g| g.end <= a);
             gaps.get(i).is_some_and(|g| g.start < b)
         };
-        let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::with_capacity(reqs.len());
-        q.extend(reqs.iter().filter_map(|&r| {
-            queued_interval(r, run_end)
-                .filter(|&iv| in_gap(iv))
-                .map(|(a, b)| (a, b, r))
-        }));
+        let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::new();
+        if !gaps.is_empty() {
+            q.extend(reqs.iter().filter_map(|&r| {
+                queued_interval(r, run_end)
+                    .filter(|&(a, b)| a < hi && b > lo && in_gap((a, b)))
+                    .map(|(a, b)| (a, b, r))
+            }));
+        }
         // The queued time is the first timestamp: comparing it first
         // settles almost every pair.
         q.sort_unstable_by(|x, y| {
             (x.0.cmp(&y.0))
                 .then_with(|| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)))
         });
-        Queued(q)
+        let reach = q
+            .iter()
+            .scan(Nanos::MIN, |m, &(_, b, _)| {
+                *m = (*m).max(b);
+                Some(*m)
+            })
+            .collect();
+        Queued { q, reach }
     }
 
     /// The requests whose queued interval overlaps `[start, end)`, at most
     /// [`MAX_EXEMPLARS`], earliest first. The list is in order of the
-    /// interval's start (the first timestamp), so the walk stops at `end`.
+    /// interval's start (the first timestamp), so the walk stops at `end`;
+    /// it starts after the longest prefix whose intervals all end by
+    /// `start` (found by bisection), so a finalization's gaps cost their
+    /// exemplars, not the whole list each.
     fn within(&self, start: Nanos, end: Nanos) -> Exemplars {
+        let from = self.reach.partition_point(|&b| b <= start);
         Exemplars::first_of(
-            self.0
+            self.q[from..]
                 .iter()
                 .take_while(|&&(a, ..)| a < end)
                 .filter(|&&(_, b, _)| b > start)
@@ -1485,8 +1591,12 @@ fn window_exemplars(
     we: Nanos,
     longest: Option<SpanRef>,
 ) -> Exemplars {
-    let gap = gaps
+    // Gaps are in time order and do not overlap: those meeting the window
+    // start at the first that ends after its start.
+    let first = gaps.partition_point(|g| g.end <= ws);
+    let gap = gaps[first..]
         .iter()
+        .take_while(|g| g.start < we)
         .map(|g| (g.end.min(we) - g.start.max(ws), g))
         .filter(|(len, _)| *len > 0)
         .max_by_key(|(len, g)| (*len, std::cmp::Reverse(g.start)));
