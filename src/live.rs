@@ -1536,15 +1536,11 @@ impl<'a> Queued<'a> {
         let first = gaps.partition_point(|g| g.end <= lo);
         let gaps = &gaps[first..];
         let gaps = &gaps[..gaps.partition_point(|g| g.start < hi)];
-        let in_gap = |(a, b): (Nanos, Nanos)| {
-            let i = gaps.partition_point(|g| g.end <= a);
-            gaps.get(i).is_some_and(|g| g.start < b)
-        };
         let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::new();
         if !gaps.is_empty() {
             q.extend(reqs.iter().filter_map(|&r| {
                 queued_interval(r, run_end)
-                    .filter(|&(a, b)| a < hi && b > lo && in_gap((a, b)))
+                    .filter(|&(a, b)| a < hi && b > lo)
                     .map(|(a, b)| (a, b, r))
             }));
         }
@@ -1553,6 +1549,15 @@ impl<'a> Queued<'a> {
         q.sort_unstable_by(|x, y| {
             (x.0.cmp(&y.0))
                 .then_with(|| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)))
+        });
+        // Only those waiting in a gap: in order of their start, the first
+        // gap ending after it only moves forward.
+        let mut g = 0;
+        q.retain(|&(a, b, _)| {
+            while gaps.get(g).is_some_and(|x| x.end <= a) {
+                g += 1;
+            }
+            gaps.get(g).is_some_and(|x| x.start < b)
         });
         let reach = q
             .iter()
@@ -1620,8 +1625,10 @@ fn longest_in_flight(
 ) -> Vec<Option<SpanRef>> {
     let mut best: Vec<Option<(Nanos, std::cmp::Reverse<SpanRef>)>> =
         vec![None; usize::try_from(last - first + 1).unwrap_or(0)];
+    // (As in `window_reports`: a release outside is in none of them.)
+    let (lo, hi) = (first * cfg.step, last * cfg.step + cfg.window);
     for r in reqs {
-        let Some(t) = r.get(Stamp::Released) else {
+        let Some(t) = r.get(Stamp::Released).filter(|t| (lo..hi).contains(t)) else {
             continue;
         };
         let (a, b) = windows_containing(t, cfg);

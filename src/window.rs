@@ -972,8 +972,11 @@ pub fn window_reports(
         return Vec::new();
     }
     let mut counts = vec![Counts::default(); (last - first + 1) as usize];
+    // The windows first..=last lie in [first·S, last·S + W): a release
+    // outside is in none of them (and costs no division).
+    let (lo, hi) = (first * cfg.step, last * cfg.step + cfg.window);
     for r in requests {
-        let Some(t) = r.get(Stamp::Released) else {
+        let Some(t) = r.get(Stamp::Released).filter(|t| (lo..hi).contains(t)) else {
             continue;
         };
         let (a, b) = windows_containing(t, cfg);
