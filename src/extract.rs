@@ -433,8 +433,9 @@ struct KeyTable<V> {
     by_len: Vec<Vec<KeyEntry<V>>>,
 }
 
-/// A key's first and last eight bytes as words, the key, and its value.
-type KeyEntry<V> = (u64, u64, Box<[u8]>, V);
+/// A key's first, last and second eight bytes as words, the key, and its
+/// value.
+type KeyEntry<V> = (u64, u64, u64, Box<[u8]>, V);
 
 impl<V> Default for KeyTable<V> {
     fn default() -> Self {
@@ -458,6 +459,15 @@ fn key_suffix(k: &[u8]) -> u64 {
     k.last_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w))
 }
 
+/// Bytes 8 to 16 of a key of at least sixteen, as one word (zero for a
+/// shorter key, which its first and last words hold whole).
+#[inline(always)]
+fn key_second(k: &[u8]) -> u64 {
+    k.get(8..16)
+        .and_then(|w| w.first_chunk::<8>())
+        .map_or(0, |w| u64::from_le_bytes(*w))
+}
+
 impl<V> KeyTable<V> {
     /// Adds `key` unless it is there already (the first name wins).
     fn insert_first(&mut self, key: &[u8], v: V) {
@@ -467,7 +477,13 @@ impl<V> KeyTable<V> {
         if self.by_len.len() <= key.len() {
             self.by_len.resize_with(key.len() + 1, Vec::new);
         }
-        self.by_len[key.len()].push((key_prefix(key), key_suffix(key), key.into(), v));
+        self.by_len[key.len()].push((
+            key_prefix(key),
+            key_suffix(key),
+            key_second(key),
+            key.into(),
+            v,
+        ));
     }
 
     #[inline]
@@ -477,16 +493,22 @@ impl<V> KeyTable<V> {
             return None;
         }
         // Keys in a bucket have the key's length: up to sixteen bytes, the
-        // two words (which overlap below sixteen) are the key; only the
-        // bytes between them are compared one by one.
+        // first and last words (which overlap below sixteen) are the key,
+        // up to 24 with the second word too; only the bytes between the
+        // second and the last word of a longer key are compared one by one.
         let (p, q) = (key_prefix(key), key_suffix(key));
         let n = key.len();
         bucket
             .iter()
-            .find(|(kp, kq, k, _)| {
-                *kp == p && (n <= 8 || (*kq == q && (n <= 16 || k[8..n - 8] == key[8..n - 8])))
+            .find(|(kp, kq, ks, k, _)| {
+                *kp == p
+                    && (n <= 8
+                        || (*kq == q
+                            && (n <= 16
+                                || (*ks == key_second(key)
+                                    && (n <= 24 || k[16..n - 8] == key[16..n - 8])))))
             })
-            .map(|(_, _, _, v)| v)
+            .map(|(_, _, _, _, v)| v)
     }
 }
 
@@ -1304,16 +1326,17 @@ mod tests {
     }
 
     /// Keys cut from one template with at most one byte changed: many
-    /// share their length and first and last eight bytes.
+    /// share their length and first, second and last eight bytes (up to
+    /// 37 bytes: keys compared by words alone and keys compared beyond).
     fn near_keys() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
         use proptest::prelude::*;
         (
-            0usize..24,
+            0usize..38,
             any::<usize>(),
             prop_oneof![Just(None), Just(Some(b'x')), Just(Some(b'y'))],
         )
             .prop_map(|(len, pos, letter)| {
-                let mut k = b"gen_ai.request.model.abc"[..len].to_vec();
+                let mut k = b"gen_ai.request.model.abc.def.ghi.jklm"[..len].to_vec();
                 if let (Some(l), false) = (letter, k.is_empty()) {
                     let at = pos % k.len();
                     k[at] = l;
