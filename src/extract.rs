@@ -826,7 +826,12 @@ impl Extractor {
                 .map(|kv| (kv.key, kv.value.map(Val::from))),
         );
         for span in rs.spans() {
-            sink(self.span(resource_run, span?)?);
+            // (As `span`, without its `Result` around each observation: a
+            // copy of it fewer.)
+            let span = span?;
+            let mut found: Found<'a> = [None; FIELD_COUNT];
+            let too_long = self.scan(SpanSource::attributes(span), &mut found)?;
+            sink(self.observe(resource_run, span, &found, too_long));
         }
         Ok(())
     }
