@@ -75,6 +75,13 @@ impl RunState {
             let i = i as usize;
             if !new && (self.requests[i].swept != 0 || self.requests[i].counted()) {
                 self.touched.push(i as u32);
+                // Repeats (a span sent again and again while the run's
+                // watermark stands still) are dropped as they pile up: the
+                // list stays within twice the run's requests.
+                if self.touched.len() > 64 && self.touched.len() > 2 * self.requests.len() {
+                    self.touched.sort_unstable();
+                    self.touched.dedup();
+                }
             }
             let model = o.model.map(|m| self.model_id(m));
             let models = &self.models;
@@ -452,4 +459,34 @@ pub fn stable_order(reqs: Vec<&Request>) -> Vec<&Request> {
         at += n;
     }
     sorted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Observation, Stamps};
+
+    /// A span merged again and again into a request the live sweep took
+    /// something of is remembered for the next sweep once per twice the
+    /// run's requests, not once per span.
+    #[test]
+    fn repeated_merges_into_a_swept_request_stay_bounded() {
+        let mut stamps = Stamps::default();
+        stamps.set(Stamp::Queued, 1_000);
+        let o = Observation {
+            request: 7,
+            stamps,
+            ..Observation::default()
+        };
+        let mut run = RunState::default();
+        run.apply(&o);
+        run.apply(&o);
+        assert!(run.touched.is_empty(), "not swept yet: nothing to remember");
+        run.open_mut().1[0].swept = 1;
+        for _ in 0..10_000 {
+            run.apply(&o);
+        }
+        assert!(run.touched.len() <= 65, "{} entries", run.touched.len());
+        assert!(run.touched.contains(&0));
+    }
 }
