@@ -66,3 +66,20 @@ fn a_server_stopping_after_a_stage_takes_the_load_and_keeps_nothing() {
         assert_eq!(v["runs_seen"], 0, "{stage}: runs listed by the server: {v}");
     }
 }
+
+/// `--real-time` sends each export request when the load's time reaches it:
+/// 1,000 runs queueing a request every 50 ms are 40,000 spans/s, so the
+/// last of 40 requests of 512 spans goes 39 × 512 / 40,000 = 0.4992 s after
+/// the first, and the whole send takes at least that long.
+#[test]
+fn real_time_paces_the_load_at_its_own_rate() {
+    let v = bench_json(&["--spans", "20480", "--runs", "1000", "--real-time"]);
+    assert_eq!(v["real_time_spans_per_s"], 40000.0, "{v}");
+    assert_eq!(v["export_requests"], 40, "{v}");
+    assert_eq!(v["rejected_spans"], 0, "{v}");
+    let wall = v["repeats"][0]["wall_s"].as_f64().expect("wall time");
+    assert!(wall >= 0.4992, "sent in {wall} s, before the load's time");
+    // Without it, the same load carries no pace.
+    let fast = bench_json(&["--spans", "20480", "--runs", "1000"]);
+    assert!(fast["real_time_spans_per_s"].is_null(), "{fast}");
+}

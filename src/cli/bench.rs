@@ -83,6 +83,12 @@ pub struct BenchArgs {
     /// Inside a run, request i is queued at start + i × this many milliseconds.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
     pub interval_ms: u64,
+    /// Send at the load's own pace (a run's request every --interval-ms:
+    /// 4,000 spans/s by default), so that its time moves as fast as the
+    /// clock, as a live pipeline's does; by default the load goes as fast
+    /// as the server takes it.
+    #[arg(long)]
+    pub real_time: bool,
     /// The `cap` attribute of every span.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i64).range(1..))]
     pub cap: i64,
@@ -194,6 +200,19 @@ impl LoadSpec {
     pub fn total_spans(&self) -> u64 {
         self.requests() * u64::from(self.spans_per_request.clamp(1, 3))
     }
+
+    /// The load's own pace in spans per second: every run queues a request
+    /// every `interval_ns`.
+    pub fn spans_per_second(&self) -> f64 {
+        self.runs as f64 * f64::from(self.spans_per_request.clamp(1, 3)) * 1e9
+            / self.interval_ns.max(1) as f64
+    }
+}
+
+/// When export request `k` (of `batch` spans) is due after the start, at
+/// `rate` spans per second: when the load's time reaches its first span.
+pub fn due(k: usize, batch: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(k as f64 * batch as f64 / rate)
 }
 
 fn kv(key: &str, value: Value) -> KeyValue {
@@ -959,11 +978,15 @@ struct Counts {
 
 /// Sends every body with `in_flight` workers; each takes the next unsent
 /// body, retrying refusals with a growing pause.
+/// Sends every body with `in_flight` requests in flight; with `pace`
+/// (batch size, spans per second), none before it is [`due`].
 async fn send_all(
     sender: &Sender,
     bodies: Arc<Vec<Bytes>>,
     in_flight: u64,
+    pace: Option<(u64, f64)>,
 ) -> anyhow::Result<(u64, u64)> {
+    let start = tokio::time::Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let counts = Arc::new(Counts::default());
     let mut set = tokio::task::JoinSet::new();
@@ -976,6 +999,9 @@ async fn send_all(
                 let Some(body) = bodies.get(k) else {
                     return Ok::<(), anyhow::Error>(());
                 };
+                if let Some((batch, rate)) = pace {
+                    tokio::time::sleep_until(start + due(k, batch, rate)).await;
+                }
                 let first = Instant::now();
                 let mut pause = Duration::from_millis(10);
                 loop {
@@ -1056,6 +1082,8 @@ pub struct BenchReport {
     pub spans_per_request: u8,
     /// A request's later spans were sent this many requests after its first.
     pub span_lag: u64,
+    /// Sent at the load's own pace (`--real-time`), in spans per second.
+    pub real_time_spans_per_s: Option<f64>,
     pub batch: u64,
     /// Export requests per repeat.
     pub export_requests: u64,
@@ -1147,7 +1175,10 @@ async fn measure(
     let cpu0 = cpu_seconds(&pid, ticks).map_err(gone)?;
     let self0 = cpu_seconds("self", ticks)?;
     let t0 = Instant::now();
-    let sent = send_all(&sender, bodies, a.in_flight).await;
+    let pace = a
+        .real_time
+        .then(|| (a.batch, LoadSpec::from_args(a, 0).spans_per_second()));
+    let sent = send_all(&sender, bodies, a.in_flight, pace).await;
     let wall_s = t0.elapsed().as_secs_f64();
     let self1 = cpu_seconds("self", ticks)?;
     let cpu_sent = cpu_seconds(&pid, ticks).map_err(gone)?;
@@ -1291,6 +1322,12 @@ pub fn write_table(out: &mut impl Write, r: &BenchReport) -> std::io::Result<()>
         r.avg_bytes_per_span,
         r.wire_bytes as f64 / 1048576.0
     )?;
+    if let Some(rate) = r.real_time_spans_per_s {
+        writeln!(
+            out,
+            "sent at the load's own pace (--real-time): {rate:.0} spans/s"
+        )?;
+    }
     writeln!(
         out,
         "{:>6} {:>9} {:>11} {:>8} {:>11} {:>10} {:>9} {:>9} {:>7} {:>8} {:>9} {:>5}",
@@ -1372,6 +1409,9 @@ pub async fn run(a: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
         spans: load.spans,
         spans_per_request: a.spans_per_request,
         span_lag: a.span_lag,
+        real_time_spans_per_s: a
+            .real_time
+            .then(|| LoadSpec::from_args(a, 0).spans_per_second()),
         batch: a.batch,
         export_requests: load.bodies.len() as u64,
         avg_bytes_per_span: load.bytes_per_span(),
@@ -1482,6 +1522,26 @@ mod tests {
         let spans = all_spans(&lagged);
         assert_eq!(ids(&spans), ids(&together));
         assert!(spans[..1500].iter().all(|s| s.parent_span_id.is_empty()));
+    }
+
+    #[test]
+    fn real_time_sends_each_request_when_the_loads_time_reaches_it() {
+        // 10 runs, two spans a request, a request per run every 50 ms.
+        let sp = spec(1000, 2);
+        assert_eq!(sp.spans_per_second(), 400.0);
+        assert_eq!(spec(1000, 3).spans_per_second(), 600.0);
+        // Requests of 64 spans: one every 160 ms.
+        assert_eq!(due(0, 64, 400.0), Duration::ZERO);
+        assert_eq!(due(1, 64, 400.0), Duration::from_millis(160));
+        assert_eq!(due(25, 64, 400.0), Duration::from_secs(4));
+        // The defaults: 100 runs, 4,000 spans/s, a 512-span request every 128 ms.
+        let d = LoadSpec {
+            runs: 100,
+            batch: 512,
+            ..spec(1000, 2)
+        };
+        assert_eq!(d.spans_per_second(), 4000.0);
+        assert_eq!(due(10, 512, 4000.0), Duration::from_millis(1280));
     }
 
     #[test]
