@@ -19,9 +19,9 @@ use crate::join::{FastHash, RunState};
 use crate::model::{duration_secs, Cause, Nanos, Observation, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
-    in_flight_interval, queued_interval, window_reports, windows_containing, windows_overlapping,
-    Counts, Derived, Drawing, Ev, GapInterval, Ledger, Segment, SweepState, TimelinePoint,
-    WindowConfig,
+    in_flight_interval, queued_interval, window_reports, windows_containing, windows_cover,
+    windows_overlapping, Counts, Derived, Drawing, Ev, GapInterval, Ledger, Segment, SweepState,
+    TimelinePoint, WindowConfig,
 };
 
 /// The moment of a call: a monotonic instant for timeouts and the Unix time
@@ -190,24 +190,66 @@ const SWEPT_CAP: u8 = 16;
 /// An event's time, its request and its [`Request::swept`] bit.
 type Mark = (Nanos, u32, u8);
 
+/// Each sweep event of `r` the sweep has not taken yet, as its
+/// [`Request::swept`] bit, its time and the event; an interval that started
+/// and no longer exists ends at `from`.
+fn unswept(r: &Request, run_end: Nanos, from: Nanos, mut each: impl FnMut(u8, Nanos, Ev)) {
+    let mut push = |bit: u8, t: Nanos, e: Ev| {
+        if r.swept & bit == 0 {
+            each(bit, t, e);
+        }
+    };
+    let pair = [
+        (
+            queued_interval(r, run_end).map(|(a, b)| (a, b, Ev::QueueOut)),
+            SWEPT_QUEUE_IN,
+            SWEPT_QUEUE_OUT,
+            Ev::QueueIn,
+            Ev::QueueOut,
+        ),
+        (
+            in_flight_interval(r, run_end).map(|(a, b)| (a, b, Ev::Release { slot: b < run_end })),
+            SWEPT_ADMIT,
+            SWEPT_RELEASE,
+            Ev::Admit,
+            Ev::Release { slot: false },
+        ),
+    ];
+    for (interval, start_bit, end_bit, start_ev, stale_end) in pair {
+        match interval {
+            // An end swept past means the start was too.
+            Some(_) if r.swept & end_bit != 0 => {}
+            Some((a, b, end_ev)) => {
+                push(start_bit, a, start_ev);
+                push(end_bit, b, end_ev);
+            }
+            // An interval that started and no longer exists ends now.
+            None if r.swept & start_bit != 0 => push(end_bit, from, stale_end),
+            None => {}
+        }
+    }
+    if r.cap != crate::model::NONE {
+        if let Some(t) = crate::join::cap_time(r) {
+            let cap = Ev::Cap {
+                order: r.cap_seq,
+                value: r.cap,
+            };
+            push(SWEPT_CAP, t, cap);
+        }
+    }
+}
+
 /// Whether the sweep has taken everything of `r` and `r` is counted: until
 /// it is merged into, [`open_events`] has nothing of it at any watermark
-/// (its intervals are closed, so they do not move with the run's end) and
-/// the count has nothing either.
+/// and the count has nothing either.
 fn settled(r: &Request) -> bool {
-    // A counted request has its release: neither interval depends on the
-    // run's end.
-    let run_end = Nanos::MAX;
-    let done = |interval: Option<(Nanos, Nanos)>, start: u8, end: u8| match interval {
-        Some(_) => r.swept & end != 0,
-        None => r.swept & start == 0 || r.swept & end != 0,
-    };
-    r.counted()
-        && done(queued_interval(r, run_end), SWEPT_QUEUE_IN, SWEPT_QUEUE_OUT)
-        && done(in_flight_interval(r, run_end), SWEPT_ADMIT, SWEPT_RELEASE)
-        && (r.cap == crate::model::NONE
-            || r.swept & SWEPT_CAP != 0
-            || crate::join::cap_time(r).is_none())
+    // A counted request has its release: its intervals are closed and do
+    // not move with the run's end.
+    let mut owed = false;
+    r.counted() && {
+        unswept(r, Nanos::MAX, Nanos::MIN, |_, _, _| owed = true);
+        !owed
+    }
 }
 
 /// The sweep events in `[from, until)` of the open requests of a run, each
@@ -231,51 +273,19 @@ fn open_events(
     let mut marks = Vec::with_capacity(open.len() * 5);
     let mut caps: Vec<(u32, Nanos, u32, u32)> = Vec::with_capacity(open.len());
     for &i in open {
-        let r = &reqs[i as usize];
-        let mut push = |bit: u8, t: Nanos, e: Ev| {
+        unswept(&reqs[i as usize], run_end, from, |bit, t, e| {
             let t = t.max(from);
-            if r.swept & bit == 0 && t < until {
-                events.push((t, e));
-                marks.push((t, i, bit));
+            if t >= until {
+                return;
             }
-        };
-        let pair = [
-            (
-                queued_interval(r, run_end).map(|(a, b)| (a, b, Ev::QueueOut)),
-                SWEPT_QUEUE_IN,
-                SWEPT_QUEUE_OUT,
-                Ev::QueueIn,
-                Ev::QueueOut,
-            ),
-            (
-                in_flight_interval(r, run_end)
-                    .map(|(a, b)| (a, b, Ev::Release { slot: b < run_end })),
-                SWEPT_ADMIT,
-                SWEPT_RELEASE,
-                Ev::Admit,
-                Ev::Release { slot: false },
-            ),
-        ];
-        for (interval, start_bit, end_bit, start_ev, stale_end) in pair {
-            match interval {
-                // An end swept past means the start was too.
-                Some(_) if r.swept & end_bit != 0 => {}
-                Some((a, b, end_ev)) => {
-                    push(start_bit, a, start_ev);
-                    push(end_bit, b, end_ev);
-                }
-                // An interval that started and no longer exists ends now.
-                None if r.swept & start_bit != 0 => push(end_bit, from, stale_end),
-                None => {}
-            }
-        }
-        if r.cap != crate::model::NONE && r.swept & SWEPT_CAP == 0 {
-            if let Some(t) = crate::join::cap_time(r).map(|t| t.max(from)) {
-                if t < until {
-                    caps.push((r.cap_seq, t, r.cap, i));
+            match e {
+                Ev::Cap { order, value } => caps.push((order, t, value, i)),
+                e => {
+                    events.push((t, e));
+                    marks.push((t, i, bit));
                 }
             }
-        }
+        });
     }
     let sweep = !steady.is_some_and(|v| caps.iter().all(|c| c.2 == v));
     for (seq, t, value, i) in caps {
@@ -1230,10 +1240,8 @@ impl Engine {
             _ => (Nanos::MAX, Nanos::MIN),
         };
         if from <= to {
-            asked = (
-                asked.0.min(from * w.step),
-                asked.1.max(to * w.step + w.window),
-            );
+            let (lo, hi) = windows_cover(from, to, &w);
+            asked = (asked.0.min(lo), asked.1.max(hi));
         }
         let queued = Queued::of(&open_reqs, gaps, run_end, asked);
         if from <= to {
@@ -1533,9 +1541,7 @@ impl<'a> Queued<'a> {
         let (lo, hi) = asked;
         // The gaps meeting `asked`: a request waiting in another gap only
         // is never asked about.
-        let first = gaps.partition_point(|g| g.end <= lo);
-        let gaps = &gaps[first..];
-        let gaps = &gaps[..gaps.partition_point(|g| g.start < hi)];
+        let gaps = gaps_meeting(gaps, lo, hi);
         let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::new();
         if !gaps.is_empty() {
             q.extend(reqs.iter().filter_map(|&r| {
@@ -1587,6 +1593,13 @@ impl<'a> Queued<'a> {
     }
 }
 
+/// The gaps that overlap `[lo, hi)`. Gaps are in time order and do not
+/// overlap, so they are a run of `gaps`, found by bisection.
+fn gaps_meeting(gaps: &[GapInterval], lo: Nanos, hi: Nanos) -> &[GapInterval] {
+    let gaps = &gaps[gaps.partition_point(|g| g.end <= lo)..];
+    &gaps[..gaps.partition_point(|g| g.start < hi)]
+}
+
 /// Exemplars of a window: the requests waiting in its longest gap, else
 /// `longest`, the request with the longest in-flight time released in it.
 fn window_exemplars(
@@ -1596,12 +1609,8 @@ fn window_exemplars(
     we: Nanos,
     longest: Option<SpanRef>,
 ) -> Exemplars {
-    // Gaps are in time order and do not overlap: those meeting the window
-    // start at the first that ends after its start.
-    let first = gaps.partition_point(|g| g.end <= ws);
-    let gap = gaps[first..]
+    let gap = gaps_meeting(gaps, ws, we)
         .iter()
-        .take_while(|g| g.start < we)
         .map(|g| (g.end.min(we) - g.start.max(ws), g))
         .filter(|(len, _)| *len > 0)
         .max_by_key(|(len, g)| (*len, std::cmp::Reverse(g.start)));
@@ -1626,7 +1635,7 @@ fn longest_in_flight(
     let mut best: Vec<Option<(Nanos, std::cmp::Reverse<SpanRef>)>> =
         vec![None; usize::try_from(last - first + 1).unwrap_or(0)];
     // (As in `window_reports`: a release outside is in none of them.)
-    let (lo, hi) = (first * cfg.step, last * cfg.step + cfg.window);
+    let (lo, hi) = windows_cover(first, last, cfg);
     for r in reqs {
         let Some(t) = r.get(Stamp::Released).filter(|t| (lo..hi).contains(t)) else {
             continue;

@@ -950,6 +950,11 @@ pub fn windows_overlapping(lo: Nanos, hi: Nanos, cfg: &WindowConfig) -> (i64, i6
     (first, last)
 }
 
+/// The time windows `first..=last` lie in: `[first·S, last·S + W)`.
+pub fn windows_cover(first: i64, last: i64, cfg: &WindowConfig) -> (Nanos, Nanos) {
+    (first * cfg.step, last * cfg.step + cfg.window)
+}
+
 /// The windows containing instant `t`.
 pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
     (
@@ -972,9 +977,9 @@ pub fn window_reports(
         return Vec::new();
     }
     let mut counts = vec![Counts::default(); (last - first + 1) as usize];
-    // The windows first..=last lie in [first·S, last·S + W): a release
-    // outside is in none of them (and costs no division).
-    let (lo, hi) = (first * cfg.step, last * cfg.step + cfg.window);
+    // A release outside the windows' cover is in none of them (and costs
+    // no division).
+    let (lo, hi) = windows_cover(first, last, cfg);
     for r in requests {
         let Some(t) = r.get(Stamp::Released).filter(|t| (lo..hi).contains(t)) else {
             continue;

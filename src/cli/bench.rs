@@ -209,6 +209,12 @@ impl LoadSpec {
     }
 }
 
+/// With `--real-time`, the load's own pace in spans per second.
+fn real_time_rate(a: &BenchArgs) -> Option<f64> {
+    a.real_time
+        .then(|| LoadSpec::from_args(a, 0).spans_per_second())
+}
+
 /// When export request `k` (of `batch` spans) is due after the start, at
 /// `rate` spans per second: when the load's time reaches its first span.
 pub fn due(k: usize, batch: u64, rate: f64) -> Duration {
@@ -1175,9 +1181,7 @@ async fn measure(
     let cpu0 = cpu_seconds(&pid, ticks).map_err(gone)?;
     let self0 = cpu_seconds("self", ticks)?;
     let t0 = Instant::now();
-    let pace = a
-        .real_time
-        .then(|| (a.batch, LoadSpec::from_args(a, 0).spans_per_second()));
+    let pace = real_time_rate(a).map(|rate| (a.batch, rate));
     let sent = send_all(&sender, bodies, a.in_flight, pace).await;
     let wall_s = t0.elapsed().as_secs_f64();
     let self1 = cpu_seconds("self", ticks)?;
@@ -1409,9 +1413,7 @@ pub async fn run(a: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
         spans: load.spans,
         spans_per_request: a.spans_per_request,
         span_lag: a.span_lag,
-        real_time_spans_per_s: a
-            .real_time
-            .then(|| LoadSpec::from_args(a, 0).spans_per_second()),
+        real_time_spans_per_s: real_time_rate(a),
         batch: a.batch,
         export_requests: load.bodies.len() as u64,
         avg_bytes_per_span: load.bytes_per_span(),
