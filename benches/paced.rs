@@ -20,6 +20,7 @@
 //!
 //! `cargo bench --bench paced` (1M spans, 5 rounds); under `cargo test`
 //! (no `--bench`) 20,000 spans once, only to prove it still works.
+//! `PACED_EVERY=1` (or 16, 570) runs that pace only, for a profiler.
 
 use std::time::{Duration, Instant};
 
@@ -83,17 +84,31 @@ fn main() {
     println!("{spans} spans, 100 runs, median of {rounds} rounds (ns per span)");
     println!("| tick | join | ticks | both |");
     println!("|---|---|---|---|");
+    let only: Option<usize> = std::env::var("PACED_EVERY").ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("PACED_EVERY={v}: not a number of batches"))
+    });
+    assert!(
+        only.is_none_or(|n| PACES.iter().any(|&(every, _)| every == n)),
+        "PACED_EVERY: one of 1, 16, 570"
+    );
     let mut results = vec![(Vec::new(), Vec::new()); PACES.len()];
     // The paces alternate within each round, so that a busy moment of the
     // machine does not land on one pace only.
     for _ in 0..rounds {
         for (k, &(every, _)) in PACES.iter().enumerate() {
+            if only.is_some_and(|n| n != every) {
+                continue;
+            }
             let (j, t) = pass(&batches, spans, every);
             results[k].0.push(j);
             results[k].1.push(t);
         }
     }
     for ((_, label), (j, t)) in PACES.iter().zip(results) {
+        if j.is_empty() {
+            continue;
+        }
         let (j, t) = (median(j), median(t));
         println!("| {label} | {j:.0} | {t:.0} | {:.0} |", j + t);
         assert!(j > 0.0, "nothing was joined");
