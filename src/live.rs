@@ -19,7 +19,7 @@ use crate::join::{FastHash, RunState};
 use crate::model::{duration_secs, Cause, Nanos, Observation, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
-    in_flight_interval, queued_interval, window_reports, windows_containing, windows_cover,
+    in_flight_interval, queued_interval, window_reports, windows_among, windows_cover,
     windows_overlapping, Counts, Derived, Drawing, Ev, GapInterval, Ledger, Segment, SweepState,
     TimelinePoint, WindowConfig,
 };
@@ -273,7 +273,14 @@ fn open_events(
     let mut marks = Vec::with_capacity(open.len() * 5);
     let mut caps: Vec<(u32, Nanos, u32, u32)> = Vec::with_capacity(open.len());
     for &i in open {
-        unswept(&reqs[i as usize], run_end, from, |bit, t, e| {
+        let r = &reqs[i as usize];
+        // Every event of a request is at one of its timestamps or at the
+        // run's end (no earlier): one the sweep took nothing of that starts
+        // at `until` or later has nothing before it.
+        if r.swept == 0 && r.stamps.bounds().is_some_and(|(lo, _)| lo >= until) {
+            continue;
+        }
+        unswept(r, run_end, from, |bit, t, e| {
             let t = t.max(from);
             if t >= until {
                 return;
@@ -1640,8 +1647,7 @@ fn longest_in_flight(
         let Some(t) = r.get(Stamp::Released).filter(|t| (lo..hi).contains(t)) else {
             continue;
         };
-        let (a, b) = windows_containing(t, cfg);
-        let (a, b) = (a.max(first), b.min(last));
+        let (a, b) = windows_among(t, first, last, cfg);
         if a > b {
             continue;
         }

@@ -705,3 +705,37 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+proptest! {
+    /// Among a few windows or many, the windows holding an instant are
+    /// those of the division formula, clipped to the windows asked about.
+    #[test]
+    fn windows_among_are_the_containing_ones_clipped(
+        step in 1i64..50,
+        steps_per_window in 1i64..8,
+        extra in 0i64..50,
+        first in -40i64..40,
+        count in 0i64..20,
+        at in -60i64..60,
+        near_end in any::<bool>(),
+        nudge in -1i64..=1,
+    ) {
+        let c = WindowConfig {
+            window: step * steps_per_window + extra % step,
+            step,
+            ..WindowConfig::default()
+        };
+        // At, or one off, a window's start or end: where a bound is wrong.
+        let t = at * step + if near_end { c.window } else { 0 } + nudge;
+        let last = first + count - 1;
+        let (a, b) = windows_containing(t, &c);
+        let want: Vec<i64> = (a.max(first)..=b.min(last)).collect();
+        // Checked against the definition too: k·step <= t < k·step + window.
+        let by_definition: Vec<i64> = (first..=last)
+            .filter(|&k| k * c.step <= t && t < k * c.step + c.window)
+            .collect();
+        prop_assert_eq!(&want, &by_definition);
+        let (a, b) = windows_among(t, first, last, &c);
+        prop_assert_eq!((a..=b).collect::<Vec<_>>(), want);
+    }
+}
