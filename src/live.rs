@@ -1641,10 +1641,8 @@ fn longest_in_flight(
 ) -> Vec<Option<SpanRef>> {
     let mut best: Vec<Option<(Nanos, std::cmp::Reverse<SpanRef>)>> =
         vec![None; usize::try_from(last - first + 1).unwrap_or(0)];
-    // (As in `window_reports`: a release outside is in none of them.)
-    let (lo, hi) = windows_cover(first, last, cfg);
     for r in reqs {
-        let Some(t) = r.get(Stamp::Released).filter(|t| (lo..hi).contains(t)) else {
+        let Some(t) = r.get(Stamp::Released) else {
             continue;
         };
         let (a, b) = windows_among(t, first, last, cfg);

@@ -964,10 +964,15 @@ pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
 }
 
 /// The windows of `first..=last` containing instant `t`, as the first and
-/// last (`a > b` when none): [`windows_containing`] clipped, but among a
-/// few windows (a finalization's usual lot) found by comparing `t` with
-/// their bounds, which costs less than its two divisions.
+/// last (`a > b` when none): [`windows_containing`] clipped, but an
+/// instant outside their cover costs no division, and among a few windows
+/// (a finalization's usual lot) they are found by comparing `t` with their
+/// bounds, which costs less than the two divisions.
 pub fn windows_among(t: Nanos, first: i64, last: i64, cfg: &WindowConfig) -> (i64, i64) {
+    let (lo, hi) = windows_cover(first, last, cfg);
+    if !(lo..hi).contains(&t) {
+        return (first, first - 1);
+    }
     if last - first >= 8 {
         let (a, b) = windows_containing(t, cfg);
         return (a.max(first), b.min(last));
@@ -997,11 +1002,8 @@ pub fn window_reports(
         return Vec::new();
     }
     let mut counts = vec![Counts::default(); (last - first + 1) as usize];
-    // A release outside the windows' cover is in none of them (and costs
-    // no division).
-    let (lo, hi) = windows_cover(first, last, cfg);
     for r in requests {
-        let Some(t) = r.get(Stamp::Released).filter(|t| (lo..hi).contains(t)) else {
+        let Some(t) = r.get(Stamp::Released) else {
             continue;
         };
         let (a, b) = windows_among(t, first, last, cfg);

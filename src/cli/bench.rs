@@ -983,9 +983,8 @@ struct Counts {
 }
 
 /// Sends every body with `in_flight` workers; each takes the next unsent
-/// body, retrying refusals with a growing pause.
-/// Sends every body with `in_flight` requests in flight; with `pace`
-/// (batch size, spans per second), none before it is [`due`].
+/// body, retrying refusals with a growing pause. With `pace` (batch size,
+/// spans per second), none goes before it is [`due`].
 async fn send_all(
     sender: &Sender,
     bodies: Arc<Vec<Bytes>>,
