@@ -190,7 +190,62 @@ async fn grpc_receiver_partial_success_limits_and_refusals() {
     )]);
     let err = c.export(big).await.expect_err("too large");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Gzip messages are inflated by tpsgap: one that inflates past the
+    // limit, or whose data does not match its checksum, is
+    // INVALID_ARGUMENT (not retryable), and the service stays up.
+    let bomb = gzip(&vec![b' '; 1 << 20]);
+    let status = raw_gzip_call(s.grpc, &bomb).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("inflates to more than 65536 bytes"),
+        "{}",
+        status.message()
+    );
+    let mut corrupt = gzip(&good_and_bad().encode_to_vec());
+    let crc = corrupt.len() - 8;
+    corrupt[crc] ^= 1;
+    let status = raw_gzip_call(s.grpc, &corrupt).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("gzip"), "{}", status.message());
+    assert_eq!(
+        raw_gzip_call(s.grpc, &gzip(&good_and_bad().encode_to_vec()))
+            .await
+            .code(),
+        tonic::Code::Ok
+    );
     s.stop().await;
+}
+
+/// One gRPC call whose message is `z`, sent as it is with the compressed
+/// flag and `grpc-encoding: gzip`; the status it is answered with.
+async fn raw_gzip_call(addr: SocketAddr, z: &[u8]) -> tonic::Status {
+    use http_body_util::{BodyExt, Full};
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut framed = vec![1u8];
+    framed.extend_from_slice(&(z.len() as u32).to_be_bytes());
+    framed.extend_from_slice(z);
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-encoding", "gzip")
+        .body(tonic::body::Body::new(Full::new(bytes::Bytes::from(
+            framed,
+        ))))
+        .expect("request");
+    let resp = tower::ServiceExt::oneshot(ch, req).await.expect("answered");
+    let (head, body) = resp.into_parts();
+    let trailers = body.collect().await.expect("body").trailers().cloned();
+    tonic::Status::from_header_map(&head.headers)
+        .or_else(|| trailers.as_ref().and_then(tonic::Status::from_header_map))
+        .expect("a grpc-status")
 }
 
 async fn get(addr: SocketAddr, path: &str) -> serde_json::Value {

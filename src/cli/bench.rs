@@ -11,7 +11,7 @@
 //! The tick rate is read once with `getconf CLK_TCK`; when that fails it is
 //! assumed to be 100, the value on every Linux platform in practice.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -1141,11 +1141,8 @@ fn decode_only(load: &Payloads, protocol: Protocol, gzip: bool, ticks: f64) -> a
             };
             let plain;
             let data = if gzip {
-                let mut v = Vec::new();
-                flate2::read::MultiGzDecoder::new(data)
-                    .read_to_end(&mut v)
+                plain = crate::ingest::gzip::gunzip(data, usize::MAX)
                     .context("gunzip of a prepared body")?;
-                plain = v;
                 &plain[..]
             } else {
                 data

@@ -16,6 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::gzip::gunzip;
 use super::{Export, Pipeline};
 use crate::auth::{GrpcAuth, Token};
 use crate::lean::view::RequestView;
@@ -131,13 +132,16 @@ async fn export(pipeline: &Pipeline, raw: Bytes) -> Result<ExportTraceServiceRes
 enum Received {
     /// One uncompressed message, sliced from what was received.
     Message(Bytes),
+    /// One compressed message (without its frame header), and the whole
+    /// body, for tonic when the request's encoding is not inflated here.
+    Compressed(Bytes, Bytes),
     /// Refused before it was all read (over the size limit, or cut off).
     Refused(Status),
     /// Anything else, handed whole to tonic to answer as gRPC does.
     Other(Bytes),
 }
 
-/// Reads an uncompressed request's body. A message that came in one HTTP/2
+/// Reads a request's body. A message that came in one HTTP/2
 /// frame (a typical batch does: the frame size allowed is 1 MiB) is
 /// sliced from that frame, where tonic's reader would copy it into its own
 /// buffer; from several frames it is gathered once, into a buffer of the
@@ -201,6 +205,7 @@ where
     };
     match (all.first(), declared) {
         (Some(0), Some(n)) if all.len() == n + 5 => Received::Message(all.slice(5..)),
+        (Some(1), Some(n)) if all.len() == n + 5 => Received::Compressed(all.slice(5..), all),
         _ => Received::Other(all),
     }
 }
@@ -265,22 +270,27 @@ where
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max_message);
-            let compressed = req
-                .headers()
-                .get("grpc-encoding")
-                .is_some_and(|e| e != "identity");
-            if compressed {
-                return Ok(grpc.unary(ExportMethod(pipeline), req).await);
-            }
-            // Uncompressed, the usual case: read in place.
+            let gzip = match req.headers().get("grpc-encoding") {
+                None => false,
+                Some(e) if e == "identity" => false,
+                Some(e) if e == "gzip" => true,
+                Some(_) => return Ok(grpc.unary(ExportMethod(pipeline), req).await),
+            };
+            // Uncompressed, the usual case, read in place; gzip inflated
+            // here in one call (see `gzip`).
             let (parts, body) = req.into_parts();
+            let answer = |r: Result<ExportTraceServiceResponse, Status>| match r {
+                Ok(resp) => ok_response(&resp),
+                Err(s) => s.into_http(),
+            };
             Ok(match read_body(body, max_message).await {
-                Received::Message(raw) => match export(&pipeline, raw).await {
-                    Ok(resp) => ok_response(&resp),
-                    Err(s) => s.into_http(),
+                Received::Message(raw) => answer(export(&pipeline, raw).await),
+                Received::Compressed(z, _) if gzip => match gunzip(&z, max_message) {
+                    Ok(raw) => answer(export(&pipeline, Bytes::from(raw)).await),
+                    Err(e) => Status::invalid_argument(format!("gzip message: {e}")).into_http(),
                 },
                 Received::Refused(s) => s.into_http(),
-                Received::Other(all) => {
+                Received::Compressed(_, all) | Received::Other(all) => {
                     let req = http::Request::from_parts(parts, http_body_util::Full::new(all));
                     grpc.unary(ExportMethod(pipeline), req).await
                 }
@@ -368,7 +378,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn anything_but_one_plain_message_goes_to_tonic_whole_and_too_large_is_refused() {
+    async fn anything_but_one_message_goes_to_tonic_whole_and_too_large_is_refused() {
         let msg = vec![7u8; 300];
         // Over the limit: refused as soon as the length is read, not retryable.
         for cuts in [vec![], vec![2], vec![5, 6]] {
@@ -380,10 +390,18 @@ mod tests {
                 _ => panic!("cut at {cuts:?}: not refused"),
             }
         }
-        // Compressed flag, two messages, a message cut short, nothing: as received.
+        // One compressed message: the message, and the body for tonic.
+        let z = grpc_frame(&msg, true);
+        match read_body(body(&z, &[3, 100]), 1000).await {
+            Received::Compressed(m, all) => assert_eq!((&m[..], all), (&msg[..], z)),
+            _ => panic!("a compressed message not read as one"),
+        }
+        // Two messages, a message cut short (compressed or not), nothing:
+        // as received.
         let two = Bytes::from([grpc_frame(&msg, false), grpc_frame(&msg, false)].concat());
         let cut = grpc_frame(&msg, false).slice(..200);
-        for all in [grpc_frame(&msg, true), two, cut, Bytes::new()] {
+        let cut_z = grpc_frame(&msg, true).slice(..200);
+        for all in [two, cut, cut_z, Bytes::new()] {
             match read_body(body(&all, &[]), 1000).await {
                 Received::Other(got) => assert_eq!(got, all),
                 _ => panic!("{} bytes: not handed on whole", all.len()),

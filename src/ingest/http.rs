@@ -1,7 +1,6 @@
 //! OTLP/HTTP `POST /v1/traces`: protobuf and JSON, gzip accepted. Answers in
 //! the request's content type.
 
-use std::io::Read;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -12,6 +11,7 @@ use axum::routing::post;
 use axum::Router;
 use prost::Message;
 
+use super::gzip::GzipError;
 use super::Pipeline;
 use crate::auth::Token;
 use crate::live::Refusal;
@@ -137,17 +137,11 @@ fn decompress(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, Htt
         .to_ascii_lowercase();
     match ce.as_str() {
         "" | "identity" => Ok(body),
-        "gzip" => {
-            let mut out = Vec::new();
-            flate2::read::MultiGzDecoder::new(&body[..])
-                .take(max as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| HttpError::Undecodable(format!("gzip: {e}")))?;
-            if out.len() > max {
-                return Err(HttpError::TooLarge(max));
-            }
-            Ok(Bytes::from(out))
-        }
+        "gzip" => match super::gzip::gunzip(&body, max) {
+            Ok(out) => Ok(Bytes::from(out)),
+            Err(GzipError::TooLarge(_)) => Err(HttpError::TooLarge(max)),
+            Err(e) => Err(HttpError::Undecodable(format!("gzip: {e}"))),
+        },
         other => Err(HttpError::UnsupportedEncoding(other.to_string())),
     }
 }

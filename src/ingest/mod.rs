@@ -3,6 +3,7 @@
 //! one function.
 
 pub mod grpc;
+pub mod gzip;
 pub mod http;
 
 use std::sync::atomic::Ordering;
