@@ -13,6 +13,8 @@
 //!   protobuf, or gzip) file with `--input-format auto`.
 //! - [`timestamp`]: a timestamp attribute as a string, an integer and a
 //!   double; each one accepted is also run through a whole export.
+//! - [`gzip`]: a gzip request body, inflated as the receivers inflate it
+//!   and as flate2's streaming reader does: they must agree.
 //!
 //! Every decoded export is extracted with the default attribute names and
 //! with each preset, joined, and reported with small windows (1 s windows,
@@ -311,6 +313,35 @@ pub fn protobuf(data: &[u8]) -> Outcome {
 pub fn json(data: &[u8]) -> Outcome {
     let decoded = lean::json::decode(&bytes::Bytes::copy_from_slice(data)).ok();
     outcome(decoded, data, "fuzz.jsonl", InputFormat::Auto)
+}
+
+/// The most a [`gzip`] input may inflate to (the receivers' limit is
+/// `--max-message-bytes`).
+pub const GZIP_MAX: usize = 1 << 20;
+
+/// Fuzz target `gzip`: `data` as a gzip body, inflated by the receivers'
+/// [`gunzip`](crate::ingest::gzip::gunzip) with a limit of [`GZIP_MAX`]
+/// bytes. It must inflate exactly what flate2's streaming reader does (up
+/// to one byte past the limit), and refuse what that refuses. Returns the
+/// bytes inflated, or the error.
+pub fn gzip(data: &[u8]) -> Result<Vec<u8>, crate::ingest::gzip::GzipError> {
+    use std::io::Read;
+    let got = crate::ingest::gzip::gunzip(data, GZIP_MAX);
+    let mut streamed = Vec::new();
+    let read = flate2::read::MultiGzDecoder::new(data)
+        .take(GZIP_MAX as u64 + 1)
+        .read_to_end(&mut streamed);
+    match (&got, read) {
+        (Ok(out), Ok(_)) => assert_eq!(out, &streamed, "the two inflate different bytes"),
+        // The streaming reader stopped one byte past the limit, before the
+        // body's end: refused, whatever that end holds.
+        (Err(_), Ok(_)) if streamed.len() > GZIP_MAX => {}
+        (Ok(_), Err(e)) => panic!("inflated what the streaming reader refuses: {e}"),
+        (Err(e), Ok(_)) => panic!("refused ({e}) what the streaming reader inflates"),
+        // A body over the limit whose end is also wrong: refused either way.
+        (Err(_), Err(_)) => {}
+    }
+    got
 }
 
 /// What [`timestamp`] parsed from its input, as each kind of attribute value.

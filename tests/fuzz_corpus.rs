@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use tpsgap::fuzzing::{Analysis, Outcome, Parsed};
+use tpsgap::ingest::gzip::GzipError;
 use tpsgap::model::NANOS_PER_SEC;
 use tpsgap::report::Report;
 
@@ -20,13 +21,14 @@ enum Ran {
     Protobuf(Outcome),
     Json(Outcome),
     Timestamp(Parsed),
+    Gzip(Result<Vec<u8>, GzipError>),
 }
 
 impl Ran {
     fn outcome(&self) -> &Outcome {
         match self {
             Ran::Protobuf(o) | Ran::Json(o) => o,
-            Ran::Timestamp(_) => panic!("not a protobuf or json outcome"),
+            _ => panic!("not a protobuf or json outcome"),
         }
     }
     fn analysis(&self) -> &Analysis {
@@ -45,18 +47,25 @@ impl Ran {
             _ => panic!("not a timestamp outcome"),
         }
     }
+    fn inflated(&self) -> &Result<Vec<u8>, GzipError> {
+        match self {
+            Ran::Gzip(g) => g,
+            _ => panic!("not a gzip outcome"),
+        }
+    }
 }
 
 /// A check of what a harness returned for one input.
 type Check = fn(&Ran);
 
-const TARGETS: [&str; 3] = ["protobuf", "json", "timestamp"];
+const TARGETS: [&str; 4] = ["protobuf", "json", "timestamp", "gzip"];
 
 fn run(target: &str, data: &[u8]) -> Ran {
     match target {
         "protobuf" => Ran::Protobuf(tpsgap::fuzzing::protobuf(data)),
         "json" => Ran::Json(tpsgap::fuzzing::json(data)),
         "timestamp" => Ran::Timestamp(tpsgap::fuzzing::timestamp(data)),
+        "gzip" => Ran::Gzip(tpsgap::fuzzing::gzip(data)),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -187,6 +196,25 @@ const SEEDS: &[(&str, &str, Check)] = &[
     }),
     ("timestamp", "seed-nan", |r| {
         assert!(r.parsed().string.is_err());
+    }),
+    ("gzip", "seed-export", |r| {
+        let pb = std::fs::read(root().join("fuzz/corpus/protobuf/seed-bad.pb")).expect("seed");
+        assert_eq!(r.inflated(), &Ok(pb));
+    }),
+    ("gzip", "seed-two-members", |r| {
+        assert_eq!(r.inflated(), &Ok(b"abcdefg".to_vec()));
+    }),
+    ("gzip", "seed-all-header-fields", |r| {
+        // Extra field, name, comment and the header's own CRC.
+        assert_eq!(r.inflated(), &Ok(b"hello".to_vec()));
+    }),
+    ("gzip", "seed-bomb", |r| {
+        // 2 MiB of zeros in 2 KB.
+        let max = tpsgap::fuzzing::GZIP_MAX;
+        assert_eq!(r.inflated(), &Err(GzipError::TooLarge(max)));
+    }),
+    ("gzip", "seed-truncated", |r| {
+        assert_eq!(r.inflated(), &Err(GzipError::Truncated));
     }),
 ];
 

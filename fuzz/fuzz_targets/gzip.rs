@@ -1,0 +1,9 @@
+//! Bytes as a gzip request body, inflated as the receivers inflate it.
+//! The harness is `tpsgap::fuzzing::gzip`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = tpsgap::fuzzing::gzip(data);
+});
