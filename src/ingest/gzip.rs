@@ -6,6 +6,9 @@
 //! time; the inflater checks each member's CRC and length. Concatenated
 //! members are one body, as `flate2::read::MultiGzDecoder` reads them.
 
+/// The most deflate data expands (a 258-byte match in about two bits).
+const MAX_RATIO: usize = 1032;
+
 /// Why a gzip body was not inflated.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum GzipError {
@@ -28,12 +31,7 @@ pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, GzipError> {
     use flate2::{Decompress, FlushDecompress, Status};
     // One more than `max` is room enough to know it is over.
     let limit = max.saturating_add(1);
-    // The trailer's length is a hint only: it is modulo 2^32, and of the
-    // last member alone.
-    let hint = data
-        .last_chunk::<4>()
-        .map_or(0, |t| u32::from_le_bytes(*t) as usize);
-    let mut out = Vec::with_capacity(hint.min(limit));
+    let mut out = Vec::with_capacity(first_capacity(data, limit));
     let mut rest = data;
     loop {
         let mut z = Decompress::new_gzip(15);
@@ -67,6 +65,17 @@ pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, GzipError> {
             return Ok(out);
         }
     }
+}
+
+/// The buffer reserved before inflating `data`: its trailer's length, a
+/// hint only (modulo 2^32, of the last member alone, and whatever the
+/// sender wrote), within what `data` can hold (deflate expands at most
+/// [`MAX_RATIO`] to 1, so a small body never reserves much) and `limit`.
+fn first_capacity(data: &[u8], limit: usize) -> usize {
+    data.last_chunk::<4>()
+        .map_or(0, |t| u32::from_le_bytes(*t) as usize)
+        .min(data.len().saturating_mul(MAX_RATIO))
+        .min(limit)
 }
 
 #[cfg(test)]
@@ -103,6 +112,16 @@ mod tests {
         assert_eq!(gunzip(&two, 7), Ok(b"abcdefg".to_vec()));
         assert_eq!(gunzip(&two, 6), Err(GzipError::TooLarge(6)));
         // A trailer that understates the length: the buffer grows.
+        // What is reserved first: the trailer's length, within what the
+        // body can hold and the limit.
+        assert_eq!(first_capacity(&z, usize::MAX), 100_000);
+        assert_eq!(first_capacity(&z, 5_000), 5_000);
+        let mut huge = gzip(b"abc");
+        let n = huge.len();
+        huge[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(first_capacity(&huge, usize::MAX), n * 1032);
+        assert!(matches!(gunzip(&huge, 1 << 30), Err(GzipError::Corrupt(_))));
+        assert_eq!(first_capacity(b"abc", usize::MAX), 0);
         let mut lying = z.clone();
         let n = lying.len();
         lying[n - 4..].copy_from_slice(&10u32.to_le_bytes());
