@@ -320,13 +320,13 @@ pub fn json(data: &[u8]) -> Outcome {
 pub const GZIP_MAX: usize = 1 << 20;
 
 /// Fuzz target `gzip`: `data` as a gzip body, inflated by the receivers'
-/// [`gunzip`](crate::ingest::gzip::gunzip) with a limit of [`GZIP_MAX`]
+/// [`gunzip`](crate::ingest::decompress::gunzip) with a limit of [`GZIP_MAX`]
 /// bytes. It must inflate exactly what flate2's streaming reader does (up
 /// to one byte past the limit), and refuse what that refuses. Returns the
 /// bytes inflated, or the error.
-pub fn gzip(data: &[u8]) -> Result<Vec<u8>, crate::ingest::gzip::GzipError> {
+pub fn gzip(data: &[u8]) -> Result<Vec<u8>, crate::ingest::decompress::DecompressError> {
     use std::io::Read;
-    let got = crate::ingest::gzip::gunzip(data, GZIP_MAX);
+    let got = crate::ingest::decompress::gunzip(data, GZIP_MAX);
     let mut streamed = Vec::new();
     let read = flate2::read::MultiGzDecoder::new(data)
         .take(GZIP_MAX as u64 + 1)

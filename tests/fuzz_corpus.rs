@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use tpsgap::fuzzing::{Analysis, Outcome, Parsed};
-use tpsgap::ingest::gzip::GzipError;
+use tpsgap::ingest::decompress::DecompressError;
 use tpsgap::model::NANOS_PER_SEC;
 use tpsgap::report::Report;
 
@@ -21,7 +21,7 @@ enum Ran {
     Protobuf(Outcome),
     Json(Outcome),
     Timestamp(Parsed),
-    Gzip(Result<Vec<u8>, GzipError>),
+    Gzip(Result<Vec<u8>, DecompressError>),
 }
 
 impl Ran {
@@ -47,7 +47,7 @@ impl Ran {
             _ => panic!("not a timestamp outcome"),
         }
     }
-    fn inflated(&self) -> &Result<Vec<u8>, GzipError> {
+    fn inflated(&self) -> &Result<Vec<u8>, DecompressError> {
         match self {
             Ran::Gzip(g) => g,
             _ => panic!("not a gzip outcome"),
@@ -211,10 +211,10 @@ const SEEDS: &[(&str, &str, Check)] = &[
     ("gzip", "seed-bomb", |r| {
         // 2 MiB of zeros in 2 KB.
         let max = tpsgap::fuzzing::GZIP_MAX;
-        assert_eq!(r.inflated(), &Err(GzipError::TooLarge(max)));
+        assert_eq!(r.inflated(), &Err(DecompressError::TooLarge(max)));
     }),
     ("gzip", "seed-truncated", |r| {
-        assert_eq!(r.inflated(), &Err(GzipError::Truncated));
+        assert_eq!(r.inflated(), &Err(DecompressError::Truncated));
     }),
 ];
 

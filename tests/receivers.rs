@@ -45,6 +45,10 @@ fn good_and_bad() -> ExportTraceServiceRequest {
     export(vec![good, bad])
 }
 
+fn zstd(b: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(b, 3).expect("zstd")
+}
+
 fn gzip(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(b).expect("gzip");
@@ -118,6 +122,27 @@ async fn http_receiver_answers_in_kind_and_maps_errors() {
         );
         let (code, _, _) = http_post(http, "/v1/traces", &jh, &gzip(&json)[..20]);
         assert_eq!(code, 400, "truncated gzip");
+        // zstd, as the Collector's otlphttp exporter can send it.
+        let zh = [
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "zstd"),
+        ];
+        let (code, _, body) = http_post(http, "/v1/traces", &zh, &zstd(&pb));
+        assert_eq!(code, 200);
+        let resp = ExportTraceServiceResponse::decode(&body[..]).expect("protobuf response");
+        assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
+        let (code, _, body) = http_post(http, "/v1/traces", &zh, &zstd(&pb)[..20]);
+        assert_eq!(code, 400, "truncated zstd");
+        let status = tonic_types::pb::Status::decode(&body[..]).expect("a google.rpc.Status");
+        assert!(
+            status
+                .message
+                .ends_with("zstd: compressed stream ends too soon"),
+            "{}",
+            status.message
+        );
+        let (code, _, _) = http_post(http, "/v1/traces", &zh, &zstd(&vec![b' '; 1 << 20]));
+        assert_eq!(code, 413, "decompressed size counts");
         // Wrong type or encoding: 415. Too large: 413.
         let (code, _, _) = http_post(http, "/v1/traces", &[("Content-Type", "text/plain")], b"hi");
         assert_eq!(code, 415);
@@ -190,37 +215,52 @@ async fn grpc_receiver_partial_success_limits_and_refusals() {
     )]);
     let err = c.export(big).await.expect_err("too large");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    // Gzip messages are inflated by tpsgap: one that inflates past the
-    // limit, or whose data does not match its checksum, is
-    // INVALID_ARGUMENT (not retryable), and the service stays up.
-    let bomb = gzip(&vec![b' '; 1 << 20]);
-    let status = raw_gzip_call(s.grpc, &bomb).await;
-    assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(
-        status
-            .message()
-            .contains("inflates to more than 65536 bytes"),
-        "{}",
-        status.message()
-    );
+    // Compressed messages are decompressed by tpsgap: one that
+    // decompresses past the limit, or whose data does not match its
+    // checksum, is INVALID_ARGUMENT (not retryable), and the service stays
+    // up.
+    let spaces = vec![b' '; 1 << 20];
+    for (encoding, bomb) in [("gzip", gzip(&spaces)), ("zstd", zstd(&spaces))] {
+        let status = raw_call(s.grpc, encoding, &bomb).await;
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{encoding}");
+        assert!(
+            status
+                .message()
+                .contains("inflates to more than 65536 bytes"),
+            "{encoding}: {}",
+            status.message()
+        );
+    }
     let mut corrupt = gzip(&good_and_bad().encode_to_vec());
     let crc = corrupt.len() - 8;
     corrupt[crc] ^= 1;
-    let status = raw_gzip_call(s.grpc, &corrupt).await;
+    let status = raw_call(s.grpc, "gzip", &corrupt).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("gzip"), "{}", status.message());
+    assert!(
+        status.message().starts_with("compressed message: "),
+        "{}",
+        status.message()
+    );
+    let pb = good_and_bad().encode_to_vec();
     assert_eq!(
-        raw_gzip_call(s.grpc, &gzip(&good_and_bad().encode_to_vec()))
-            .await
-            .code(),
+        raw_call(s.grpc, "gzip", &gzip(&pb)).await.code(),
         tonic::Code::Ok
     );
+    // zstd likewise: what tonic's client sends, a frame cut short.
+    let mut c = TraceServiceClient::connect(format!("http://{}", s.grpc))
+        .await
+        .expect("connect")
+        .send_compressed(tonic::codec::CompressionEncoding::Zstd);
+    let resp = c.export(good_and_bad()).await.expect("export").into_inner();
+    assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
+    let status = raw_call(s.grpc, "zstd", &zstd(&pb)[..20]).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
     s.stop().await;
 }
 
 /// One gRPC call whose message is `z`, sent as it is with the compressed
-/// flag and `grpc-encoding: gzip`; the status it is answered with.
-async fn raw_gzip_call(addr: SocketAddr, z: &[u8]) -> tonic::Status {
+/// flag and `grpc-encoding: <encoding>`; the status it is answered with.
+async fn raw_call(addr: SocketAddr, encoding: &str, z: &[u8]) -> tonic::Status {
     use http_body_util::{BodyExt, Full};
     let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("uri")
@@ -235,7 +275,7 @@ async fn raw_gzip_call(addr: SocketAddr, z: &[u8]) -> tonic::Status {
         .uri("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .header("grpc-encoding", "gzip")
+        .header("grpc-encoding", encoding)
         .body(tonic::body::Body::new(Full::new(bytes::Bytes::from(
             framed,
         ))))

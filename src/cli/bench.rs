@@ -1141,7 +1141,7 @@ fn decode_only(load: &Payloads, protocol: Protocol, gzip: bool, ticks: f64) -> a
             };
             let plain;
             let data = if gzip {
-                plain = crate::ingest::gzip::gunzip(data, usize::MAX)
+                plain = crate::ingest::decompress::gunzip(data, usize::MAX)
                     .context("gunzip of a prepared body")?;
                 &plain[..]
             } else {

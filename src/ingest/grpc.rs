@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::gzip::gunzip;
+use super::decompress::{gunzip, unzstd, DecompressError};
 use super::{Export, Pipeline};
 use crate::auth::{GrpcAuth, Token};
 use crate::lean::view::RequestView;
@@ -127,6 +127,9 @@ async fn export(pipeline: &Pipeline, raw: Bytes) -> Result<ExportTraceServiceRes
         .await
         .map_err(status)
 }
+
+/// A decompressor of [`super::decompress`].
+type Decompress = fn(&[u8], usize) -> Result<Vec<u8>, DecompressError>;
 
 /// A request body read whole by [`read_body`].
 enum Received {
@@ -270,27 +273,32 @@ where
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max_message);
-            let gzip = match req.headers().get("grpc-encoding") {
-                None => false,
-                Some(e) if e == "identity" => false,
-                Some(e) if e == "gzip" => true,
+            let decompress: Option<Decompress> = match req.headers().get("grpc-encoding") {
+                None => None,
+                Some(e) if e == "identity" => None,
+                Some(e) if e == "gzip" => Some(gunzip),
+                Some(e) if e == "zstd" => Some(unzstd),
                 Some(_) => return Ok(grpc.unary(ExportMethod(pipeline), req).await),
             };
-            // Uncompressed, the usual case, read in place; gzip inflated
-            // here in one call (see `gzip`).
+            // Uncompressed, the usual case, read in place; gzip and zstd
+            // decompressed here in one call (see `decompress`).
             let (parts, body) = req.into_parts();
             let answer = |r: Result<ExportTraceServiceResponse, Status>| match r {
                 Ok(resp) => ok_response(&resp),
                 Err(s) => s.into_http(),
             };
-            Ok(match read_body(body, max_message).await {
-                Received::Message(raw) => answer(export(&pipeline, raw).await),
-                Received::Compressed(z, _) if gzip => match gunzip(&z, max_message) {
-                    Ok(raw) => answer(export(&pipeline, Bytes::from(raw)).await),
-                    Err(e) => Status::invalid_argument(format!("gzip message: {e}")).into_http(),
-                },
-                Received::Refused(s) => s.into_http(),
-                Received::Compressed(_, all) | Received::Other(all) => {
+            Ok(match (read_body(body, max_message).await, decompress) {
+                (Received::Message(raw), _) => answer(export(&pipeline, raw).await),
+                (Received::Compressed(z, _), Some(decompress)) => {
+                    match decompress(&z, max_message) {
+                        Ok(raw) => answer(export(&pipeline, Bytes::from(raw)).await),
+                        Err(e) => {
+                            Status::invalid_argument(format!("compressed message: {e}")).into_http()
+                        }
+                    }
+                }
+                (Received::Refused(s), _) => s.into_http(),
+                (Received::Compressed(_, all) | Received::Other(all), _) => {
                     let req = http::Request::from_parts(parts, http_body_util::Full::new(all));
                     grpc.unary(ExportMethod(pipeline), req).await
                 }

@@ -1,4 +1,4 @@
-//! OTLP/HTTP `POST /v1/traces`: protobuf and JSON, gzip accepted. Answers in
+//! OTLP/HTTP `POST /v1/traces`: protobuf and JSON, gzip and zstd accepted. Answers in
 //! the request's content type.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::Router;
 use prost::Message;
 
-use super::gzip::GzipError;
+use super::decompress::{self, DecompressError};
 use super::Pipeline;
 use crate::auth::Token;
 use crate::live::Refusal;
@@ -45,7 +45,7 @@ struct RpcStatus {
 enum HttpError {
     #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
     UnsupportedType(String),
-    #[error("unsupported content encoding {0:?}: use gzip or none")]
+    #[error("unsupported content encoding {0:?}: use gzip, zstd or none")]
     UnsupportedEncoding(String),
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
@@ -137,11 +137,18 @@ fn decompress(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, Htt
         .to_ascii_lowercase();
     match ce.as_str() {
         "" | "identity" => Ok(body),
-        "gzip" => match super::gzip::gunzip(&body, max) {
-            Ok(out) => Ok(Bytes::from(out)),
-            Err(GzipError::TooLarge(_)) => Err(HttpError::TooLarge(max)),
-            Err(e) => Err(HttpError::Undecodable(format!("gzip: {e}"))),
-        },
+        "gzip" | "zstd" => {
+            let out = if ce == "gzip" {
+                decompress::gunzip(&body, max)
+            } else {
+                decompress::unzstd(&body, max)
+            };
+            match out {
+                Ok(out) => Ok(Bytes::from(out)),
+                Err(DecompressError::TooLarge(_)) => Err(HttpError::TooLarge(max)),
+                Err(e) => Err(HttpError::Undecodable(format!("{ce}: {e}"))),
+            }
+        }
         other => Err(HttpError::UnsupportedEncoding(other.to_string())),
     }
 }

@@ -2,8 +2,8 @@
 //! shared [`Pipeline::handle`]; each maps outcomes to its protocol's codes in
 //! one function.
 
+pub mod decompress;
 pub mod grpc;
-pub mod gzip;
 pub mod http;
 
 use std::sync::atomic::Ordering;
