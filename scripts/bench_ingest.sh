@@ -2,11 +2,12 @@
 # End-to-end ingest cost of a real `tpsgap serve`, measured by `tpsgap bench`:
 # pre-serialized 512-span OTLP requests (100 runs, every request new, two
 # spans per request, about 380 bytes per span), 16 requests in flight, over
-# gRPC and HTTP, plain and gzip, and gRPC with the write-ahead log. Prints
+# gRPC and HTTP, plain, gzip and zstd, and gRPC with the write-ahead log. Prints
 # the median (of ROUNDS fresh servers) of spans/s and server CPU-seconds per
 # million spans, the peak RSS, and the limit: the CPU-seconds per million
 # spans to only decode the same bodies in process with the fastest decoder
-# (gunzip if compressed, then the in-place reader), and the ratio.
+# (decompressed as the receivers do, then the in-place reader), and the
+# ratio.
 #
 #   scripts/bench_ingest.sh                 # 1M spans, 3 rounds
 #   SPANS=2000000 ROUNDS=5 scripts/bench_ingest.sh
@@ -32,5 +33,7 @@ gRPC|--protocol grpc
 gRPC, gzip|--protocol grpc --gzip
 HTTP|--protocol http
 HTTP, gzip|--protocol http --gzip
+gRPC, zstd|--protocol grpc --zstd
+HTTP, zstd|--protocol http --zstd
 gRPC, --wal-dir|--protocol grpc -- --wal-dir $wal/w
 ROWS

@@ -1,8 +1,9 @@
 //! `tpsgap bench`: measures the service. It builds synthetic OTLP trace load
-//! up front (serialized, framed and optionally gzip-compressed once, so the
-//! client's own encoding cost is not measured), starts `tpsgap serve` (or
-//! loads a running one), sends the load with N requests in flight and reports
-//! the server's CPU per million spans, spans per second and peak RSS.
+//! up front (serialized, framed and optionally gzip- or zstd-compressed
+//! once, so the client's own encoding cost is not measured), starts
+//! `tpsgap serve` (or loads a running one), sends the load with N requests
+//! in flight and reports the server's CPU per million spans, spans per
+//! second and peak RSS.
 //!
 //! Two halves: [`LoadBuilder`] / [`prepare`] are pure data (no I/O, no clock),
 //! [`run`] is the async shell that spawns, sends and measures.
@@ -41,6 +42,7 @@ use serde::Serialize;
 use tonic::codegen::http;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::ingest::decompress::{self, DecompressError};
 use crate::ingest::grpc::{grpc_frame, EXPORT};
 
 /// Unix seconds of the first queued request of every run: 2027-01-15T08:00:00Z.
@@ -105,8 +107,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "grpc")]
     pub protocol: Protocol,
     /// Send gzip-compressed bodies (compressed once, up front).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "zstd")]
     pub gzip: bool,
+    /// Send zstd-compressed bodies (compressed once, up front).
+    #[arg(long)]
+    pub zstd: bool,
     /// gRPC: HTTP/2 connections the requests are spread over (HTTP/1.1
     /// opens one connection per request in flight anyway).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
@@ -496,22 +501,68 @@ impl Payloads {
     }
 }
 
-/// Gzip of `data` (flate2 into a memory buffer cannot fail but for OOM).
-fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut e = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 3),
-        flate2::Compression::default(),
-    );
-    e.write_all(data)?;
-    e.finish()
+/// A compression the load can be sent with (`--gzip`, `--zstd`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    /// The one `args` asks for, if any.
+    pub fn of(args: &BenchArgs) -> Option<Encoding> {
+        match (args.gzip, args.zstd) {
+            (true, _) => Some(Encoding::Gzip),
+            (_, true) => Some(Encoding::Zstd),
+            _ => None,
+        }
+    }
+
+    /// Its name in `grpc-encoding` and `Content-Encoding`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Gzip => "gzip",
+            Encoding::Zstd => "zstd",
+        }
+    }
+
+    /// `data` compressed at the level senders use by default (compressing
+    /// into memory cannot fail but for OOM).
+    fn compress(self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoding::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(
+                    Vec::with_capacity(data.len() / 3),
+                    flate2::Compression::default(),
+                );
+                e.write_all(data)?;
+                e.finish()
+            }
+            Encoding::Zstd => zstd::bulk::compress(data, zstd::DEFAULT_COMPRESSION_LEVEL),
+        }
+    }
+
+    /// `data` decompressed as the receivers decompress it, the fastest way
+    /// tpsgap has.
+    fn decompress(self, data: &[u8]) -> Result<Vec<u8>, DecompressError> {
+        match self {
+            Encoding::Gzip => decompress::gunzip(data, usize::MAX),
+            Encoding::Zstd => decompress::unzstd(data, usize::MAX),
+        }
+    }
 }
 
 /// Builds the load of `spec` and serializes it once: protobuf, optionally
-/// gzip, and for gRPC the frame header.
+/// compressed, and for gRPC the frame header.
 ///
 /// # Errors
 /// Only when compression fails (out of memory).
-pub fn prepare(spec: &LoadSpec, protocol: Protocol, compress: bool) -> std::io::Result<Payloads> {
+pub fn prepare(
+    spec: &LoadSpec,
+    protocol: Protocol,
+    compress: Option<Encoding>,
+) -> std::io::Result<Payloads> {
     let mut out = Payloads::default();
     for req in LoadBuilder::new(spec.clone()) {
         out.spans += req
@@ -522,9 +573,12 @@ pub fn prepare(spec: &LoadSpec, protocol: Protocol, compress: bool) -> std::io::
             .sum::<u64>();
         let raw = req.encode_to_vec();
         out.raw_bytes += raw.len() as u64;
-        let data = if compress { gzip(&raw)? } else { raw };
+        let data = match compress {
+            Some(e) => e.compress(&raw)?,
+            None => raw,
+        };
         let body = match protocol {
-            Protocol::Grpc => grpc_frame(&data, compress),
+            Protocol::Grpc => grpc_frame(&data, compress.is_some()),
             Protocol::Http => Bytes::from(data),
         };
         out.wire_bytes += body.len() as u64;
@@ -844,12 +898,15 @@ enum Answer {
 enum Sender {
     /// Raw gRPC calls over tonic channels: the bodies already carry the
     /// frame header, so nothing is encoded or compressed per call (tonic's
-    /// `Grpc` client would compress each call itself for `--gzip`).
-    Grpc { channels: Vec<Channel>, gzip: bool },
+    /// `Grpc` client would compress each call itself for `--gzip`, `--zstd`).
+    Grpc {
+        channels: Vec<Channel>,
+        encoding: Option<Encoding>,
+    },
     Http {
         client: Box<HttpClient>,
         uri: hyper::Uri,
-        gzip: bool,
+        encoding: Option<Encoding>,
     },
 }
 
@@ -863,7 +920,7 @@ impl Sender {
     async fn new(
         server: &Server,
         protocol: Protocol,
-        gzip: bool,
+        encoding: Option<Encoding>,
         conns: u64,
     ) -> anyhow::Result<Sender> {
         match protocol {
@@ -882,7 +939,7 @@ impl Sender {
                             .with_context(|| format!("connecting to {url}"))?,
                     );
                 }
-                Ok(Sender::Grpc { channels, gzip })
+                Ok(Sender::Grpc { channels, encoding })
             }
             Protocol::Http => {
                 let url = server.http.clone().context("no HTTP endpoint")?;
@@ -892,7 +949,7 @@ impl Sender {
                 Ok(Sender::Http {
                     client: Box::new(http_client()),
                     uri,
-                    gzip,
+                    encoding,
                 })
             }
         }
@@ -900,15 +957,15 @@ impl Sender {
 
     async fn send(&self, body: &Bytes, worker: usize) -> anyhow::Result<Answer> {
         match self {
-            Sender::Grpc { channels, gzip } => {
+            Sender::Grpc { channels, encoding } => {
                 let ch = channels[worker % channels.len()].clone();
                 let mut b = http::Request::builder()
                     .method(http::Method::POST)
                     .uri(EXPORT)
                     .header("content-type", "application/grpc")
                     .header("te", "trailers");
-                if *gzip {
-                    b = b.header("grpc-encoding", "gzip");
+                if let Some(e) = encoding {
+                    b = b.header("grpc-encoding", e.name());
                 }
                 let req = b
                     .body(tonic::body::Body::new(Full::new(body.clone())))
@@ -944,11 +1001,15 @@ impl Sender {
                     _ => bail!("the server refused an export request: {status}"),
                 }
             }
-            Sender::Http { client, uri, gzip } => {
+            Sender::Http {
+                client,
+                uri,
+                encoding,
+            } => {
                 let mut b = hyper::Request::post(uri.clone())
                     .header("content-type", "application/x-protobuf");
-                if *gzip {
-                    b = b.header("content-encoding", "gzip");
+                if let Some(e) = encoding {
+                    b = b.header("content-encoding", e.name());
                 }
                 let req = b
                     .body(Full::new(body.clone()))
@@ -1076,7 +1137,11 @@ pub struct Measurement {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub protocol: Protocol,
+    /// Whether the bodies were gzip (kept beside `compression` for readers
+    /// of earlier reports).
     pub gzip: bool,
+    /// `"gzip"`, `"zstd"` or null.
+    pub compression: Option<Encoding>,
     pub in_flight: u64,
     pub connections: u64,
     /// "spawned" or "external".
@@ -1113,9 +1178,9 @@ pub struct BenchReport {
     /// Runs listed by the server after the last repeat.
     pub runs_seen: Option<u64>,
     /// The limit: CPU-seconds per million spans to only decode the same
-    /// bodies in this process with the fastest decoder (gunzip when
-    /// compressed, then the in-place reader visiting every span, attribute
-    /// and event), median of 5 passes.
+    /// bodies in this process with the fastest decoder (decompressed as the
+    /// receivers do when compressed, then the in-place reader visiting
+    /// every span, attribute and event), median of 5 passes.
     pub decode_only_cpu_s_per_million_spans: f64,
     /// `cpu_s_per_million_spans` over the decode-only cost.
     pub limit_ratio: f64,
@@ -1129,7 +1194,12 @@ fn thread_cpu_seconds(ticks_per_s: f64) -> anyhow::Result<f64> {
 
 /// The decode-only cost of `load` in this process: CPU-seconds per million
 /// spans, median of 5 passes.
-fn decode_only(load: &Payloads, protocol: Protocol, gzip: bool, ticks: f64) -> anyhow::Result<f64> {
+fn decode_only(
+    load: &Payloads,
+    protocol: Protocol,
+    encoding: Option<Encoding>,
+    ticks: f64,
+) -> anyhow::Result<f64> {
     let mut per = Vec::new();
     for _ in 0..5 {
         let c0 = thread_cpu_seconds(ticks)?;
@@ -1140,9 +1210,10 @@ fn decode_only(load: &Payloads, protocol: Protocol, gzip: bool, ticks: f64) -> a
                 Protocol::Http => &body[..],
             };
             let plain;
-            let data = if gzip {
-                plain = crate::ingest::decompress::gunzip(data, usize::MAX)
-                    .context("gunzip of a prepared body")?;
+            let data = if let Some(e) = encoding {
+                plain = e
+                    .decompress(data)
+                    .context("decompressing a prepared body")?;
                 &plain[..]
             } else {
                 data
@@ -1167,7 +1238,7 @@ async fn measure(
     ticks: f64,
 ) -> anyhow::Result<Measurement> {
     let pid = server.pid.to_string();
-    let sender = Sender::new(server, a.protocol, a.gzip, a.connections).await?;
+    let sender = Sender::new(server, a.protocol, Encoding::of(a), a.connections).await?;
     let gone = |e: anyhow::Error| {
         e.context(format!(
             "reading the server's /proc entry{}",
@@ -1227,7 +1298,7 @@ fn build(a: &BenchArgs, first_run: u64) -> anyhow::Result<Payloads> {
         );
     }
     let t = Instant::now();
-    let load = prepare(&spec, a.protocol, a.gzip).context("building the load")?;
+    let load = prepare(&spec, a.protocol, Encoding::of(a)).context("building the load")?;
     eprintln!(
         "built {} spans in {} export requests ({} LLM requests over {} runs from run-{:03}): \
          {:.1} bytes/span serialized, {:.1} MiB on the wire, {:.1} s",
@@ -1301,7 +1372,8 @@ pub fn write_table(out: &mut impl Write, r: &BenchReport) -> std::io::Result<()>
             Protocol::Grpc => "OTLP/gRPC",
             Protocol::Http => "OTLP/HTTP",
         },
-        if r.gzip { " gzip" } else { "" },
+        r.compression
+            .map_or(String::new(), |e| format!(" {}", e.name())),
         r.server,
         r.in_flight,
         r.connections
@@ -1393,11 +1465,12 @@ pub async fn run(a: &BenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
     }
     let ticks = clock_ticks();
     let (load, ms) = repeats(a, ticks).await?;
-    let decode = decode_only(&load, a.protocol, a.gzip, ticks)?;
+    let decode = decode_only(&load, a.protocol, Encoding::of(a), ticks)?;
     let col = |f: fn(&Measurement) -> f64| ms.iter().map(f).collect::<Vec<f64>>();
     let report = BenchReport {
         protocol: a.protocol,
         gzip: a.gzip,
+        compression: Encoding::of(a),
         in_flight: a.in_flight,
         connections: a.connections,
         server: if a.server_pid.is_some() {
@@ -1608,7 +1681,7 @@ mod tests {
     #[test]
     fn grpc_frames_and_gzip_round_trip() {
         let sp = spec(200, 1);
-        let p = prepare(&sp, Protocol::Grpc, true).expect("prepare");
+        let p = prepare(&sp, Protocol::Grpc, Some(Encoding::Gzip)).expect("prepare");
         assert_eq!(p.spans, 200);
         let body = &p.bodies[0];
         assert_eq!(body[0], 1);
@@ -1619,9 +1692,19 @@ mod tests {
             .expect("gunzip");
         let req = ExportTraceServiceRequest::decode(raw.as_slice()).expect("decode");
         assert_eq!(req.resource_spans[0].scope_spans[0].spans.len(), 64);
-        let h = prepare(&sp, Protocol::Http, false).expect("prepare");
+        let h = prepare(&sp, Protocol::Http, None).expect("prepare");
         assert_eq!(h.raw_bytes, h.wire_bytes);
         assert_eq!(h.raw_bytes, p.raw_bytes);
+        // zstd bodies hold the same requests.
+        let z = prepare(&sp, Protocol::Http, Some(Encoding::Zstd)).expect("prepare");
+        let raw = zstd::stream::decode_all(&z.bodies[0][..]).expect("unzstd");
+        assert_eq!(raw, h.bodies[0]);
+        assert!(
+            z.wire_bytes < z.raw_bytes / 2,
+            "{} of {}",
+            z.wire_bytes,
+            z.raw_bytes
+        );
     }
 
     #[test]
