@@ -1,14 +1,14 @@
-//! Compressed request bodies (gzip and zstd), decompressed in one call
-//! into one buffer, up to a limit.
+//! Compressed request bodies (gzip and zstd), decompressed into one
+//! buffer, up to a limit.
 //!
-//! A gzip body is inflated straight into a buffer sized from its last
-//! member's trailer (ISIZE, the uncompressed length), where reading it
-//! through `std::io::Read` grows a buffer step by step and inflates a piece
-//! at a time; the inflater checks each member's CRC and length.
-//! Concatenated members are one body, as `flate2::read::MultiGzDecoder`
-//! reads them. A zstd body is read into a buffer sized from its first
-//! frame's content size, when the frame has one; concatenated frames are
-//! one body, as zstd's own decoder reads them.
+//! A gzip body is inflated in one call straight into a buffer sized from
+//! its last member's trailer (ISIZE, the uncompressed length), where
+//! reading it through `std::io::Read` grows a buffer step by step and
+//! inflates a piece at a time; the inflater checks each member's CRC and
+//! length. Concatenated members are one body, as
+//! `flate2::read::MultiGzDecoder` reads them. A zstd body is read into a
+//! buffer sized from its first frame's content size, when the frame has
+//! one; concatenated frames are one body, as zstd's own decoder reads them.
 
 /// The most deflate data expands (a 258-byte match in about two bits).
 const MAX_RATIO: usize = 1032;
