@@ -281,7 +281,7 @@ where
                 Some(_) => return Ok(grpc.unary(ExportMethod(pipeline), req).await),
             };
             // Uncompressed, the usual case, read in place; gzip and zstd
-            // decompressed here in one call (see `decompress`).
+            // decompressed here into one buffer (see `decompress`).
             let (parts, body) = req.into_parts();
             let answer = |r: Result<ExportTraceServiceResponse, Status>| match r {
                 Ok(resp) => ok_response(&resp),
