@@ -84,77 +84,83 @@ async fn rust_opentelemetry_otlp_exporter_gives_the_hand_computed_report() {
     use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 
     let s = start(example_config()).await;
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(format!("http://{}", s.grpc))
-        .with_compression(opentelemetry_otlp::Compression::Gzip)
-        .build()
-        .expect("exporter");
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(
-            opentelemetry_sdk::Resource::builder()
-                .with_service_name("tpsgap-e2e-rust")
-                .build(),
-        )
-        .build();
-    let api = s.api;
-    tokio::task::spawn_blocking(move || {
-        let tracer = provider.tracer("tpsgap.e2e");
-        let t0 = 1_793_491_200u64;
-        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(t0 + s);
-        let ns = |s: u64| ((t0 + s) * 1_000_000_000) as i64;
-        // The example: (id, queued, admitted, first, last, released, extra, error)
-        type Req = (&'static str, [Option<u64>; 5], Vec<KeyValue>, bool);
-        let reqs: Vec<Req> = vec![
-            (
-                "A",
-                [Some(0), Some(0), Some(1), Some(3), Some(4)],
-                vec![
-                    KeyValue::new("output_tokens", 30i64),
-                    KeyValue::new("cap", 1i64),
-                ],
-                false,
-            ),
-            ("B", [Some(1), Some(4), None, None, Some(6)], vec![], false),
-            ("C", [Some(2), None, None, None, Some(3)], vec![], true),
-            (
-                "D",
-                [Some(6), Some(8), None, None, Some(10)],
-                vec![KeyValue::new("retry_count", 2i64)],
-                false,
-            ),
-        ];
-        for (id, times, extra, error) in reqs {
-            let mut attrs = vec![
-                KeyValue::new("run_id", "rust-grpc"),
-                KeyValue::new("request_id", id),
+    // gzip (the exporter's usual choice) and zstd, one run each.
+    for (compression, run_id) in [
+        (opentelemetry_otlp::Compression::Gzip, "rust-grpc"),
+        (opentelemetry_otlp::Compression::Zstd, "rust-grpc-zstd"),
+    ] {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(format!("http://{}", s.grpc))
+            .with_compression(compression)
+            .build()
+            .expect("exporter");
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("tpsgap-e2e-rust")
+                    .build(),
+            )
+            .build();
+        let api = s.api;
+        tokio::task::spawn_blocking(move || {
+            let tracer = provider.tracer("tpsgap.e2e");
+            let t0 = 1_793_491_200u64;
+            let at = |s: u64| UNIX_EPOCH + Duration::from_secs(t0 + s);
+            let ns = |s: u64| ((t0 + s) * 1_000_000_000) as i64;
+            // The example: (id, queued, admitted, first, last, released, extra, error)
+            type Req = (&'static str, [Option<u64>; 5], Vec<KeyValue>, bool);
+            let reqs: Vec<Req> = vec![
+                (
+                    "A",
+                    [Some(0), Some(0), Some(1), Some(3), Some(4)],
+                    vec![
+                        KeyValue::new("output_tokens", 30i64),
+                        KeyValue::new("cap", 1i64),
+                    ],
+                    false,
+                ),
+                ("B", [Some(1), Some(4), None, None, Some(6)], vec![], false),
+                ("C", [Some(2), None, None, None, Some(3)], vec![], true),
+                (
+                    "D",
+                    [Some(6), Some(8), None, None, Some(10)],
+                    vec![KeyValue::new("retry_count", 2i64)],
+                    false,
+                ),
             ];
-            for (st, t) in tpsgap::model::Stamp::ALL.iter().zip(times) {
-                if let Some(t) = t {
-                    attrs.push(KeyValue::new(st.attribute(), ns(t)));
+            for (id, times, extra, error) in reqs {
+                let mut attrs = vec![
+                    KeyValue::new("run_id", run_id),
+                    KeyValue::new("request_id", id),
+                ];
+                for (st, t) in tpsgap::model::Stamp::ALL.iter().zip(times) {
+                    if let Some(t) = t {
+                        attrs.push(KeyValue::new(st.attribute(), ns(t)));
+                    }
                 }
+                attrs.extend(extra);
+                let known: Vec<u64> = times.iter().flatten().copied().collect();
+                let start: SystemTime = at(*known.iter().min().unwrap_or(&0));
+                let end: SystemTime = at(*known.iter().max().unwrap_or(&0));
+                let mut span = tracer
+                    .span_builder("llm.request")
+                    .with_start_time(start)
+                    .with_attributes(attrs)
+                    .start(&tracer);
+                if error {
+                    span.set_status(Status::error("abandoned"));
+                }
+                span.end_with_timestamp(end);
             }
-            attrs.extend(extra);
-            let known: Vec<u64> = times.iter().flatten().copied().collect();
-            let start: SystemTime = at(*known.iter().min().unwrap_or(&0));
-            let end: SystemTime = at(*known.iter().max().unwrap_or(&0));
-            let mut span = tracer
-                .span_builder("llm.request")
-                .with_start_time(start)
-                .with_attributes(attrs)
-                .start(&tracer);
-            if error {
-                span.set_status(Status::error("abandoned"));
-            }
-            span.end_with_timestamp(end);
-        }
-        provider.force_flush().expect("flush");
-        provider.shutdown().expect("shutdown");
-        assert_same(&final_run(api, "rust-grpc"), &example_run("rust-grpc"));
-    })
-    .await
-    .expect("checks");
+            provider.force_flush().expect("flush");
+            provider.shutdown().expect("shutdown");
+            assert_same(&final_run(api, run_id), &example_run(run_id));
+        })
+        .await
+        .expect("checks");
+    }
     s.stop().await;
 }
 
