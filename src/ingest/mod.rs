@@ -189,8 +189,8 @@ impl Pipeline {
         let out = self.engine.ingest(items, now)?;
         if let (Some(wal), true) = (&self.wal, out.accepted > 0) {
             let bytes = match req {
-                Export::Lean(r) => prost::Message::encode_to_vec(r),
-                Export::Wire(_, raw) => raw.to_vec(),
+                Export::Lean(r) => Bytes::from(prost::Message::encode_to_vec(r)),
+                Export::Wire(_, raw) => raw.clone(),
             };
             wal.append(bytes)
                 .await
