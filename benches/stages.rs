@@ -13,7 +13,10 @@
 //! - `runs_end/1000_runs_of_10`: the live engine ends 1,000 runs of ten
 //!   requests each, never finalized before (their sweep, windows and
 //!   output; their report and timeline are made when first asked for, and
-//!   this does not ask): the fixed cost of a run.
+//!   this does not ask): the fixed cost of a run;
+//! - `floor/read_find_upsert`: the least any design must do per span (read
+//!   in place, find the run, request id and timestamps, hash, merge into a
+//!   table): a yardstick for the limit ratio.
 //!
 //! `cargo bench --bench stages`; under `cargo test` each runs once.
 
@@ -162,5 +165,111 @@ fn runs_end(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages, runs_end);
+/// The floor: the least any design must do per span of this load, with
+/// the fastest reader. Each span is read in place (checked as the limit's
+/// reader checks it); its run, request id and five timestamps are found by
+/// comparing keys; the request id is hashed; and the request's stamps are
+/// merged into an open-addressing table of its run (a fresh table per
+/// pass, as every request of the load is new). Nothing else: no other
+/// attribute parsed, no UTF-8 check, no span reference, no sweep, windows
+/// or export. A yardstick for the limit ratio, not a design.
+fn floor(c: &mut Criterion) {
+    use tpsgap::lean::view::{RequestView, ValueView};
+    const KEYS: [&[u8]; 7] = [
+        b"run_id",
+        b"request_id",
+        b"queued_at",
+        b"admitted_at",
+        b"first_token_at",
+        b"last_token_at",
+        b"released_at",
+    ];
+    /// One run's requests: (key hash, stamps), open addressing.
+    struct Table {
+        slots: Vec<(u64, [i64; 5])>,
+        len: usize,
+    }
+    impl Table {
+        fn upsert(&mut self, h: u64, stamps: [i64; 5]) {
+            if (self.len + 1) * 2 > self.slots.len() {
+                let grown = vec![(0, [0; 5]); (self.slots.len() * 2).max(64)];
+                let old = std::mem::replace(&mut self.slots, grown);
+                self.len = 0;
+                for (k, st) in old.into_iter().filter(|s| s.0 != 0) {
+                    self.upsert(k, st);
+                }
+            }
+            let mask = self.slots.len() - 1;
+            let mut i = h as usize & mask;
+            loop {
+                let slot = &mut self.slots[i];
+                if slot.0 == 0 {
+                    *slot = (h, stamps);
+                    self.len += 1;
+                    return;
+                }
+                if slot.0 == h {
+                    for (a, b) in slot.1.iter_mut().zip(stamps) {
+                        if b != 0 {
+                            *a = if *a == 0 { b } else { (*a).min(b) };
+                        }
+                    }
+                    return;
+                }
+                i = (i + 1) & mask;
+            }
+        }
+    }
+    fn pass(bytes: &[u8]) -> std::collections::HashMap<&[u8], Table> {
+        let mut runs: std::collections::HashMap<&[u8], Table> = std::collections::HashMap::new();
+        let req = RequestView::parse_framing(bytes).expect("parses");
+        for rs in req.resource_spans() {
+            for span in rs.spans() {
+                let span = span.expect("reads");
+                let (mut run, mut id, mut stamps) = (&b""[..], &b""[..], [0i64; 5]);
+                for kv in span.attributes() {
+                    let kv = kv.expect("reads");
+                    let Some(k) = KEYS.iter().position(|k| *k == kv.key) else {
+                        continue;
+                    };
+                    match (k, kv.value) {
+                        (0, Some(ValueView::String(s))) => run = s,
+                        (1, Some(ValueView::String(s))) => id = s,
+                        (k @ 2.., Some(ValueView::Int(t))) => stamps[k - 2] = t,
+                        _ => {}
+                    }
+                }
+                let h = xxhash_rust::xxh3::xxh3_64(id) | 1;
+                runs.entry(run)
+                    .or_insert_with(|| Table {
+                        slots: Vec::new(),
+                        len: 0,
+                    })
+                    .upsert(h, stamps);
+            }
+        }
+        runs
+    }
+    let (bytes, spans) = batch();
+    // It finds the runs and requests that extraction finds.
+    let mut found = std::collections::HashSet::new();
+    let view = RequestView::parse_framing(&bytes).expect("parses");
+    Extractor::default()
+        .request_view(view, |e| {
+            if let Extracted::Observation(o) = e {
+                found.insert((o.run_id.to_string(), o.request));
+            }
+        })
+        .expect("reads");
+    let runs = pass(&bytes);
+    let run_ids: std::collections::HashSet<&String> = found.iter().map(|(r, _)| r).collect();
+    assert_eq!(runs.len(), run_ids.len());
+    assert_eq!(runs.values().map(|t| t.len).sum::<usize>(), found.len());
+    let mut g = c.benchmark_group("floor");
+    g.throughput(Throughput::Elements(spans as u64));
+    g.bench_function("read_find_upsert", |b| b.iter(|| pass(&bytes).len()));
+    g.finish();
+}
+
+criterion_group!(benches, stages, runs_end, floor);
 criterion_main!(benches);
