@@ -25,9 +25,11 @@ fn bench_json(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("bench {args:?}: not one JSON object ({e}):\n{stdout}"))
 }
 
-/// The server's CPU is read in clock ticks (10 ms): 61,440 spans take
-/// several of them even in a release build (about 0.45 CPU-s per million
-/// spans), so the figure and the part after the load can be told apart.
+/// 61,440 spans take a few 10 ms clock ticks of the server's CPU even in a
+/// release build (about 0.45 CPU-s per million spans), so the figure and
+/// the part after the load can be told apart where the bench falls back
+/// to `/proc`'s ticks (it reads the CPU-time clocks, to the nanosecond,
+/// where it can).
 #[test]
 fn bench_loads_a_spawned_server_and_reports_json() {
     let v = bench_json(&["--spans", "61440", "--runs", "10", "--settle-ms", "300"]);

@@ -13,6 +13,19 @@
 /// The most deflate data expands (a 258-byte match in about two bits).
 const MAX_RATIO: usize = 1032;
 
+/// A decompressor: the body, and the most it may decompress to.
+pub type Decompressor = fn(&[u8], usize) -> Result<Vec<u8>, DecompressError>;
+
+/// The decompressor of a content encoding as gRPC's `grpc-encoding` and
+/// HTTP's `Content-Encoding` name it; `None` for any but gzip and zstd.
+pub fn for_encoding(name: &str) -> Option<Decompressor> {
+    match name {
+        "gzip" => Some(gunzip),
+        "zstd" => Some(unzstd),
+        _ => None,
+    }
+}
+
 /// Why a compressed body was not decompressed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecompressError {
@@ -35,7 +48,11 @@ pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, DecompressError> {
     use flate2::{Decompress, FlushDecompress, Status};
     // One more than `max` is room enough to know it is over.
     let limit = max.saturating_add(1);
-    let mut out = Vec::with_capacity(first_capacity(data, limit));
+    // The trailer's length: modulo 2^32, and of the last member alone.
+    let trailer = data
+        .last_chunk::<4>()
+        .map_or(0, |t| u32::from_le_bytes(*t) as usize);
+    let mut out = Vec::with_capacity(first_capacity(trailer, data, limit));
     let mut rest = data;
     loop {
         let mut z = Decompress::new_gzip(15);
@@ -78,17 +95,14 @@ pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, DecompressError> {
 pub fn unzstd(data: &[u8], max: usize) -> Result<Vec<u8>, DecompressError> {
     use std::io::Read;
     let limit = max.saturating_add(1);
-    // The content size is a hint, as a gzip trailer is (see
-    // `first_capacity`): of the first frame alone, and whatever the sender
-    // wrote. zstd can expand far more than deflate; past the bound below
-    // the buffer grows as it fills.
-    let hint = zstd::zstd_safe::get_frame_content_size(data)
+    // The first frame's content size (zstd can expand far more than
+    // deflate: past the bound of `first_capacity` the buffer grows as it
+    // fills).
+    let content = zstd::zstd_safe::get_frame_content_size(data)
         .ok()
         .flatten()
-        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
-        .min(data.len().saturating_mul(MAX_RATIO))
-        .min(limit);
-    let mut out = Vec::with_capacity(hint);
+        .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(first_capacity(content, data, limit));
     let decoder = zstd::stream::read::Decoder::with_buffer(data)
         .map_err(|e| DecompressError::Corrupt(e.to_string()))?;
     decoder
@@ -104,13 +118,12 @@ pub fn unzstd(data: &[u8], max: usize) -> Result<Vec<u8>, DecompressError> {
     Ok(out)
 }
 
-/// The buffer reserved before inflating `data`: its trailer's length, a
-/// hint only (modulo 2^32, of the last member alone, and whatever the
-/// sender wrote), within what `data` can hold (deflate expands at most
-/// [`MAX_RATIO`] to 1, so a small body never reserves much) and `limit`.
-fn first_capacity(data: &[u8], limit: usize) -> usize {
-    data.last_chunk::<4>()
-        .map_or(0, |t| u32::from_le_bytes(*t) as usize)
+/// The buffer reserved before decompressing `data`: the length the body
+/// declares (a hint only: whatever the sender wrote), within what `data`
+/// can hold (deflate expands at most [`MAX_RATIO`] to 1, so a small body
+/// never reserves much) and `limit`.
+fn first_capacity(declared: usize, data: &[u8], limit: usize) -> usize {
+    declared
         .min(data.len().saturating_mul(MAX_RATIO))
         .min(limit)
 }
@@ -138,30 +151,62 @@ mod tests {
             .map_err(|_| ())
     }
 
+    /// What both formats must do: a body whole and up to the limit, two
+    /// members or frames as one body, a body cut short, not the format.
+    /// Returns the plain bytes and their compressed form.
+    fn whole_limited_and_concatenated(
+        compress: fn(&[u8]) -> Vec<u8>,
+        decompress: Decompressor,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let plain: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
+        let z = compress(&plain);
+        assert_eq!(decompress(&z, 100_000), Ok(plain.clone()));
+        assert_eq!(
+            decompress(&z, 99_999),
+            Err(DecompressError::TooLarge(99_999))
+        );
+        let two = [compress(b"abc"), compress(b"defg")].concat();
+        assert_eq!(decompress(&two, 7), Ok(b"abcdefg".to_vec()));
+        assert_eq!(decompress(&two, 6), Err(DecompressError::TooLarge(6)));
+        assert_eq!(
+            decompress(&z[..z.len() - 3], 1 << 20),
+            Err(DecompressError::Truncated)
+        );
+        assert!(matches!(
+            decompress(b"not compressed", 1 << 20),
+            Err(DecompressError::Corrupt(_))
+        ));
+        // Nothing at all is a body cut short, as it is for flate2's
+        // reader and for zstd itself.
+        assert_eq!(decompress(b"", 1 << 20), Err(DecompressError::Truncated));
+        (plain, z)
+    }
+
     #[test]
     fn a_body_inflates_whole_and_up_to_the_limit() {
-        let plain: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
-        let z = gzip(&plain);
-        assert_eq!(gunzip(&z, 100_000), Ok(plain.clone()));
-        assert_eq!(gunzip(&z, 99_999), Err(DecompressError::TooLarge(99_999)));
-        // Two members are one body.
-        let two = [gzip(b"abc"), gzip(b"defg")].concat();
-        assert_eq!(gunzip(&two, 7), Ok(b"abcdefg".to_vec()));
-        assert_eq!(gunzip(&two, 6), Err(DecompressError::TooLarge(6)));
-        // A trailer that understates the length: the buffer grows.
+        // As the receivers find it by name.
+        let gunzip_named = for_encoding("gzip").expect("gzip");
+        let (plain, z) = whole_limited_and_concatenated(gzip, gunzip_named);
         // What is reserved first: the trailer's length, within what the
         // body can hold and the limit.
-        assert_eq!(first_capacity(&z, usize::MAX), 100_000);
-        assert_eq!(first_capacity(&z, 5_000), 5_000);
+        let declared = |b: &[u8]| u32::from_le_bytes(*b.last_chunk::<4>().expect("trailer"));
+        assert_eq!(
+            first_capacity(declared(&z) as usize, &z, usize::MAX),
+            100_000
+        );
+        assert_eq!(first_capacity(declared(&z) as usize, &z, 5_000), 5_000);
         let mut huge = gzip(b"abc");
         let n = huge.len();
         huge[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(first_capacity(&huge, usize::MAX), n * 1032);
+        assert_eq!(
+            first_capacity(u32::MAX as usize, &huge, usize::MAX),
+            n * 1032
+        );
         assert!(matches!(
             gunzip(&huge, 1 << 30),
             Err(DecompressError::Corrupt(_))
         ));
-        assert_eq!(first_capacity(b"abc", usize::MAX), 0);
+        // A trailer that understates the length: the buffer grows.
         let mut lying = z.clone();
         let n = lying.len();
         lying[n - 4..].copy_from_slice(&10u32.to_le_bytes());
@@ -173,15 +218,7 @@ mod tests {
         let mut want = plain;
         want.push(b'x');
         assert_eq!(gunzip(&understated, 1 << 20), Ok(want));
-        assert_eq!(
-            gunzip(&z[..z.len() - 3], 1 << 20),
-            Err(DecompressError::Truncated)
-        );
         assert_eq!(gunzip(&z[..20], 1 << 20), Err(DecompressError::Truncated));
-        assert!(matches!(
-            gunzip(b"not gzip", 1 << 20),
-            Err(DecompressError::Corrupt(_))
-        ));
     }
 
     fn zstd(b: &[u8]) -> Vec<u8> {
@@ -190,14 +227,9 @@ mod tests {
 
     #[test]
     fn a_zstd_body_decompresses_whole_and_up_to_the_limit() {
-        let plain: Vec<u8> = (0..100_000u32).map(|i| (i % 7) as u8).collect();
-        let z = zstd(&plain);
-        assert_eq!(unzstd(&z, 100_000), Ok(plain.clone()));
-        assert_eq!(unzstd(&z, 99_999), Err(DecompressError::TooLarge(99_999)));
-        // Two frames are one body.
-        let two = [zstd(b"abc"), zstd(b"defg")].concat();
-        assert_eq!(unzstd(&two, 7), Ok(b"abcdefg".to_vec()));
-        assert_eq!(unzstd(&two, 6), Err(DecompressError::TooLarge(6)));
+        assert!(for_encoding("snappy").is_none());
+        let unzstd_named = for_encoding("zstd").expect("zstd");
+        let (plain, _) = whole_limited_and_concatenated(zstd, unzstd_named);
         // A frame without its content size (as streaming encoders write it).
         let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).expect("zstd");
         std::io::Write::write_all(&mut e, &plain).expect("zstd");
@@ -207,18 +239,6 @@ mod tests {
             Ok(None)
         ));
         assert_eq!(unzstd(&streamed, 1 << 20), Ok(plain));
-        assert_eq!(
-            unzstd(&z[..z.len() - 3], 1 << 20),
-            Err(DecompressError::Truncated)
-        );
-        assert!(matches!(
-            unzstd(b"not zstd", 1 << 20),
-            Err(DecompressError::Corrupt(_))
-        ));
-        // Nothing at all is a frame cut short, as it is for zstd itself
-        // and for gzip.
-        assert_eq!(unzstd(b"", 1 << 20), Err(DecompressError::Truncated));
-        assert_eq!(gunzip(b"", 1 << 20), Err(DecompressError::Truncated));
     }
 
     /// Bodies of one to three members or frames of `compress`, then cut

@@ -16,7 +16,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::decompress::{gunzip, unzstd, DecompressError};
+use super::decompress::for_encoding;
 use super::{Export, Pipeline};
 use crate::auth::{GrpcAuth, Token};
 use crate::lean::view::RequestView;
@@ -127,9 +127,6 @@ async fn export(pipeline: &Pipeline, raw: Bytes) -> Result<ExportTraceServiceRes
         .await
         .map_err(status)
 }
-
-/// A decompressor of [`super::decompress`].
-type Decompress = fn(&[u8], usize) -> Result<Vec<u8>, DecompressError>;
 
 /// A request body read whole by [`read_body`].
 enum Received {
@@ -273,12 +270,13 @@ where
                 .accept_compressed(CompressionEncoding::Zstd)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(max_message);
-            let decompress: Option<Decompress> = match req.headers().get("grpc-encoding") {
+            let decompress = match req.headers().get("grpc-encoding") {
                 None => None,
                 Some(e) if e == "identity" => None,
-                Some(e) if e == "gzip" => Some(gunzip),
-                Some(e) if e == "zstd" => Some(unzstd),
-                Some(_) => return Ok(grpc.unary(ExportMethod(pipeline), req).await),
+                Some(e) => match e.to_str().ok().and_then(for_encoding) {
+                    Some(d) => Some(d),
+                    None => return Ok(grpc.unary(ExportMethod(pipeline), req).await),
+                },
             };
             // Uncompressed, the usual case, read in place; gzip and zstd
             // decompressed here into one buffer (see `decompress`).

@@ -135,21 +135,15 @@ fn decompress(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, Htt
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    match ce.as_str() {
-        "" | "identity" => Ok(body),
-        "gzip" | "zstd" => {
-            let out = if ce == "gzip" {
-                decompress::gunzip(&body, max)
-            } else {
-                decompress::unzstd(&body, max)
-            };
-            match out {
-                Ok(out) => Ok(Bytes::from(out)),
-                Err(DecompressError::TooLarge(_)) => Err(HttpError::TooLarge(max)),
-                Err(e) => Err(HttpError::Undecodable(format!("{ce}: {e}"))),
-            }
-        }
-        other => Err(HttpError::UnsupportedEncoding(other.to_string())),
+    if matches!(ce.as_str(), "" | "identity") {
+        return Ok(body);
+    }
+    let decompress =
+        decompress::for_encoding(&ce).ok_or_else(|| HttpError::UnsupportedEncoding(ce.clone()))?;
+    match decompress(&body, max) {
+        Ok(out) => Ok(Bytes::from(out)),
+        Err(DecompressError::TooLarge(_)) => Err(HttpError::TooLarge(max)),
+        Err(e) => Err(HttpError::Undecodable(format!("{ce}: {e}"))),
     }
 }
 
