@@ -49,6 +49,12 @@ fn zstd(b: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(b, 3).expect("zstd")
 }
 
+fn zlib(b: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(b).expect("zlib");
+    e.finish().expect("zlib")
+}
+
 fn gzip(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(b).expect("gzip");
@@ -122,27 +128,51 @@ async fn http_receiver_answers_in_kind_and_maps_errors() {
         );
         let (code, _, _) = http_post(http, "/v1/traces", &jh, &gzip(&json)[..20]);
         assert_eq!(code, 400, "truncated gzip");
-        // zstd, as the Collector's otlphttp exporter can send it.
-        let zh = [
-            ("Content-Type", "application/x-protobuf"),
-            ("Content-Encoding", "zstd"),
-        ];
-        let (code, _, body) = http_post(http, "/v1/traces", &zh, &zstd(&pb));
-        assert_eq!(code, 200);
-        let resp = ExportTraceServiceResponse::decode(&body[..]).expect("protobuf response");
-        assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
-        let (code, _, body) = http_post(http, "/v1/traces", &zh, &zstd(&pb)[..20]);
-        assert_eq!(code, 400, "truncated zstd");
+        // zstd, as the Collector's otlphttp exporter can send it, and
+        // deflate (zlib's format), as the OpenTelemetry SDKs send it, also
+        // under its other name: taken, cut short 400, a bomb 413.
+        let zstd_deflate_zlib: [(&str, fn(&[u8]) -> Vec<u8>); 3] =
+            [("zstd", zstd), ("deflate", zlib), ("zlib", zlib)];
+        for (name, compress) in zstd_deflate_zlib {
+            let zh = [
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", name),
+            ];
+            let (code, _, body) = http_post(http, "/v1/traces", &zh, &compress(&pb));
+            assert_eq!(code, 200, "{name}");
+            let resp = ExportTraceServiceResponse::decode(&body[..]).expect("protobuf response");
+            assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
+            let (code, _, body) = http_post(http, "/v1/traces", &zh, &compress(&pb)[..20]);
+            assert_eq!(code, 400, "truncated {name}");
+            let status = tonic_types::pb::Status::decode(&body[..]).expect("a google.rpc.Status");
+            assert!(
+                status
+                    .message
+                    .ends_with(&format!("{name}: compressed stream ends too soon")),
+                "{}",
+                status.message
+            );
+            let (code, _, _) = http_post(http, "/v1/traces", &zh, &compress(&vec![b' '; 1 << 20]));
+            assert_eq!(code, 413, "{name}: decompressed size counts");
+        }
+        // snappy (which the Collector can be told to send) is not taken:
+        // 415, naming what is.
+        let (code, _, body) = http_post(
+            http,
+            "/v1/traces",
+            &[
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", "snappy"),
+            ],
+            &pb,
+        );
+        assert_eq!(code, 415);
         let status = tonic_types::pb::Status::decode(&body[..]).expect("a google.rpc.Status");
         assert!(
-            status
-                .message
-                .ends_with("zstd: compressed stream ends too soon"),
+            status.message.ends_with("use gzip, zstd, deflate or none"),
             "{}",
             status.message
         );
-        let (code, _, _) = http_post(http, "/v1/traces", &zh, &zstd(&vec![b' '; 1 << 20]));
-        assert_eq!(code, 413, "decompressed size counts");
         // Wrong type or encoding: 415. Too large: 413.
         let (code, _, _) = http_post(http, "/v1/traces", &[("Content-Type", "text/plain")], b"hi");
         assert_eq!(code, 415);
@@ -220,7 +250,11 @@ async fn grpc_receiver_partial_success_limits_and_refusals() {
     // checksum, is INVALID_ARGUMENT (not retryable), and the service stays
     // up.
     let spaces = vec![b' '; 1 << 20];
-    for (encoding, bomb) in [("gzip", gzip(&spaces)), ("zstd", zstd(&spaces))] {
+    for (encoding, bomb) in [
+        ("gzip", gzip(&spaces)),
+        ("zstd", zstd(&spaces)),
+        ("deflate", zlib(&spaces)),
+    ] {
         let status = raw_call(s.grpc, encoding, &bomb).await;
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{encoding}");
         assert!(
@@ -255,6 +289,23 @@ async fn grpc_receiver_partial_success_limits_and_refusals() {
     assert_eq!(resp.partial_success.map(|p| p.rejected_spans), Some(1));
     let status = raw_call(s.grpc, "zstd", &zstd(&pb)[..20]).await;
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // deflate (zlib's format, as gRPC's "deflate" is): taken; cut short,
+    // INVALID_ARGUMENT. snappy is not taken: UNIMPLEMENTED.
+    assert_eq!(
+        raw_call(s.grpc, "deflate", &zlib(&pb)).await.code(),
+        tonic::Code::Ok
+    );
+    let status = raw_call(s.grpc, "deflate", &zlib(&pb)[..20]).await;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .ends_with("compressed stream ends too soon"),
+        "{}",
+        status.message()
+    );
+    let status = raw_call(s.grpc, "snappy", &pb).await;
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
     s.stop().await;
 }
 

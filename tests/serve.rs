@@ -38,23 +38,29 @@ async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
     let s = start(example_config()).await;
     let (grpc, http, api) = (s.grpc, s.http, s.api);
     tokio::task::spawn_blocking(move || {
-        run_python(&[
-            "--protocol",
-            "grpc",
-            "--endpoint",
-            &format!("http://{grpc}"),
-            "--run-id",
-            "py-grpc",
-        ]);
-        run_python(&[
-            "--protocol",
-            "http",
-            "--endpoint",
-            &format!("http://{http}/v1/traces"),
-            "--run-id",
-            "py-http",
-        ]);
-        for id in ["py-grpc", "py-http"] {
+        // gzip (the SDK's usual choice, as the Collector's) and deflate,
+        // the SDK's other compression, one run each.
+        for (protocol, endpoint) in [
+            ("grpc", format!("http://{grpc}")),
+            ("http", format!("http://{http}/v1/traces")),
+        ] {
+            for (compression, run_id) in [
+                ("gzip", format!("py-{protocol}")),
+                ("deflate", format!("py-{protocol}-deflate")),
+            ] {
+                run_python(&[
+                    "--protocol",
+                    protocol,
+                    "--endpoint",
+                    &endpoint,
+                    "--run-id",
+                    &run_id,
+                    "--compression",
+                    compression,
+                ]);
+            }
+        }
+        for id in ["py-grpc", "py-grpc-deflate", "py-http", "py-http-deflate"] {
             assert_same(&final_run(api, id), &example_run(id));
         }
         let (code, body) = http_get(api, "/api/v1/runs");
@@ -66,7 +72,10 @@ async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
             .iter()
             .filter_map(|r| r["run_id"].as_str())
             .collect();
-        assert_eq!(ids, vec!["py-grpc", "py-http"]);
+        assert_eq!(
+            ids,
+            vec!["py-grpc", "py-grpc-deflate", "py-http", "py-http-deflate"]
+        );
         assert_eq!(list["runs"][0]["state"], "final");
         assert_eq!(list["runs"][0]["totals"]["gap_fraction"], 0.2);
         let (code, body) = http_get(api, "/api/v1/runs/nope");

@@ -1,5 +1,5 @@
-//! Compressed request bodies (gzip and zstd), decompressed into one
-//! buffer, up to a limit.
+//! Compressed request bodies (gzip, zstd and deflate), decompressed into
+//! one buffer, up to a limit.
 //!
 //! A gzip body is inflated in one call straight into a buffer sized from
 //! its last member's trailer (ISIZE, the uncompressed length), where
@@ -9,6 +9,9 @@
 //! `flate2::read::MultiGzDecoder` reads them. A zstd body is read into a
 //! buffer sized from its first frame's content size, when the frame has
 //! one; concatenated frames are one body, as zstd's own decoder reads them.
+//! A deflate body (zlib's format, as HTTP and gRPC mean "deflate") is
+//! inflated as a gzip one is; it declares no length, and concatenated
+//! streams are one body too.
 
 /// The most deflate data expands (a 258-byte match in about two bits).
 const MAX_RATIO: usize = 1032;
@@ -17,11 +20,13 @@ const MAX_RATIO: usize = 1032;
 pub type Decompressor = fn(&[u8], usize) -> Result<Vec<u8>, DecompressError>;
 
 /// The decompressor of a content encoding as gRPC's `grpc-encoding` and
-/// HTTP's `Content-Encoding` name it; `None` for any but gzip and zstd.
+/// HTTP's `Content-Encoding` name it; `None` for any but gzip, zstd and
+/// deflate (also named zlib, as the Collector's HTTP client can name it).
 pub fn for_encoding(name: &str) -> Option<Decompressor> {
     match name {
         "gzip" => Some(gunzip),
         "zstd" => Some(unzstd),
+        "deflate" | "zlib" => Some(unzlib),
         _ => None,
     }
 }
@@ -40,22 +45,50 @@ pub enum DecompressError {
     Corrupt(String),
 }
 
-/// The bytes `data` inflates to, at most `max` of them.
+/// The bytes gzip `data` inflates to, at most `max` of them.
 ///
 /// # Errors
 /// [`DecompressError`]: over `max`, cut short, or not valid gzip.
 pub fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, DecompressError> {
-    use flate2::{Decompress, FlushDecompress, Status};
-    // One more than `max` is room enough to know it is over.
-    let limit = max.saturating_add(1);
     // The trailer's length: modulo 2^32, and of the last member alone.
     let trailer = data
         .last_chunk::<4>()
         .map_or(0, |t| u32::from_le_bytes(*t) as usize);
-    let mut out = Vec::with_capacity(first_capacity(trailer, data, limit));
+    inflate_each(data, max, trailer, || flate2::Decompress::new_gzip(15))
+}
+
+/// The bytes zlib `data` (HTTP's and gRPC's `deflate`: RFC 1950, a header,
+/// deflate data and an Adler-32) inflates to, at most `max` of them.
+///
+/// # Errors
+/// [`DecompressError`]: over `max`, cut short, or not valid zlib.
+pub fn unzlib(data: &[u8], max: usize) -> Result<Vec<u8>, DecompressError> {
+    // zlib declares no length: a guess at what OTLP compresses by, which
+    // the buffer grows past when it is more.
+    let guess = data.len().saturating_mul(ZLIB_GUESS);
+    inflate_each(data, max, guess, || flate2::Decompress::new(true))
+}
+
+/// How many times its compressed size an OTLP body without a declared
+/// length is first given room for.
+const ZLIB_GUESS: usize = 8;
+
+/// `data` inflated stream after stream (a stream of the format `new`
+/// makes the inflater for, then another if bytes remain) into one buffer,
+/// first `declared` bytes (within [`first_capacity`]), at most `max`.
+fn inflate_each(
+    data: &[u8],
+    max: usize,
+    declared: usize,
+    new: fn() -> flate2::Decompress,
+) -> Result<Vec<u8>, DecompressError> {
+    use flate2::{FlushDecompress, Status};
+    // One more than `max` is room enough to know it is over.
+    let limit = max.saturating_add(1);
+    let mut out = Vec::with_capacity(first_capacity(declared, data, limit));
     let mut rest = data;
     loop {
-        let mut z = Decompress::new_gzip(15);
+        let mut z = new();
         loop {
             if out.len() == out.capacity() {
                 if out.len() >= limit {
@@ -241,6 +274,51 @@ mod tests {
         assert_eq!(unzstd(&streamed, 1 << 20), Ok(plain));
     }
 
+    fn zlib(b: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(b).expect("zlib");
+        e.finish().expect("zlib")
+    }
+
+    /// What flate2's zlib reader makes of the same bytes, stream after
+    /// stream while bytes remain (it reads one and leaves the rest).
+    fn streamed_zlib(data: &[u8]) -> Result<Vec<u8>, ()> {
+        let (mut out, mut rest) = (Vec::new(), data);
+        loop {
+            let mut d = flate2::bufread::ZlibDecoder::new(rest);
+            d.read_to_end(&mut out).map_err(|_| ())?;
+            if d.total_in() == 0 {
+                // Nothing read: flate2 calls an empty input a whole
+                // (empty) stream; it is a body cut short.
+                return Err(());
+            }
+            rest = d.into_inner();
+            if rest.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    #[test]
+    fn a_deflate_body_inflates_whole_and_up_to_the_limit() {
+        let unzlib_named = for_encoding("deflate").expect("deflate");
+        let unzlib_alias = for_encoding("zlib").expect("zlib");
+        assert_eq!(unzlib_alias(&zlib(b"abc"), 3), Ok(b"abc".to_vec()));
+        let (plain, z) = whole_limited_and_concatenated(zlib, unzlib_named);
+        // A wrong checksum, and a gzip body (another format) named deflate.
+        let mut bad = z.clone();
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        assert!(matches!(
+            unzlib(&bad, 1 << 20),
+            Err(DecompressError::Corrupt(_))
+        ));
+        assert!(matches!(
+            unzlib(&gzip(&plain), 1 << 20),
+            Err(DecompressError::Corrupt(_))
+        ));
+    }
+
     /// Bodies of one to three members or frames of `compress`, then cut
     /// short, with a byte changed, or with bytes after (or as they are).
     fn damaged(compress: fn(&[u8]) -> Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
@@ -271,6 +349,12 @@ mod tests {
         #[test]
         fn it_inflates_what_the_streaming_reader_does(z in damaged(gzip)) {
             prop_assert_eq!(gunzip(&z, usize::MAX).map_err(|_| ()), streamed(&z));
+        }
+
+        /// Against flate2's zlib reader, likewise.
+        #[test]
+        fn it_inflates_deflate_as_the_zlib_reader_does(z in damaged(zlib)) {
+            prop_assert_eq!(unzlib(&z, usize::MAX).map_err(|_| ()), streamed_zlib(&z));
         }
 
         /// Against zstd's own whole-body decoder, likewise.

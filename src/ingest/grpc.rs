@@ -238,7 +238,7 @@ fn ok_response(resp: &ExportTraceServiceResponse) -> http::Response<tonic::body:
     );
     h.insert(
         "grpc-accept-encoding",
-        http::HeaderValue::from_static("gzip,zstd"),
+        http::HeaderValue::from_static("gzip,zstd,deflate"),
     );
     r
 }
@@ -278,8 +278,8 @@ where
                     None => return Ok(grpc.unary(ExportMethod(pipeline), req).await),
                 },
             };
-            // Uncompressed, the usual case, read in place; gzip and zstd
-            // decompressed here into one buffer (see `decompress`).
+            // Uncompressed, the usual case, read in place; gzip, zstd and
+            // deflate decompressed here into one buffer (see `decompress`).
             let (parts, body) = req.into_parts();
             let answer = |r: Result<ExportTraceServiceResponse, Status>| match r {
                 Ok(resp) => ok_response(&resp),
@@ -305,7 +305,7 @@ where
     }
 }
 
-/// The tonic service: gzip and zstd accepted, `max_message` bytes at most,
+/// The tonic service: gzip, zstd and deflate accepted, `max_message` bytes at most,
 /// behind the bearer-token check when a token is set.
 pub fn service(
     pipeline: Arc<Pipeline>,

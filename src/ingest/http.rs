@@ -1,4 +1,4 @@
-//! OTLP/HTTP `POST /v1/traces`: protobuf and JSON, gzip and zstd accepted. Answers in
+//! OTLP/HTTP `POST /v1/traces`: protobuf and JSON, gzip, zstd and deflate accepted. Answers in
 //! the request's content type.
 
 use std::sync::Arc;
@@ -45,7 +45,7 @@ struct RpcStatus {
 enum HttpError {
     #[error("unsupported content type {0:?}: use application/x-protobuf or application/json")]
     UnsupportedType(String),
-    #[error("unsupported content encoding {0:?}: use gzip, zstd or none")]
+    #[error("unsupported content encoding {0:?}: use gzip, zstd, deflate or none")]
     UnsupportedEncoding(String),
     #[error("body larger than {0} bytes")]
     TooLarge(usize),

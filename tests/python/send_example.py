@@ -4,8 +4,10 @@ stall) to tpsgap with the real OpenTelemetry Python SDK and its OTLP exporters.
 
     send_example.py --protocol grpc --endpoint http://127.0.0.1:4317 --run-id r1
     send_example.py --protocol http --endpoint http://127.0.0.1:4318/v1/traces --run-id r2
+    send_example.py --protocol http --compression deflate ...
 
-Both exporters compress with gzip, as the Collector's do by default. Spans
+The exporters compress with gzip unless told otherwise, as the Collector's
+do by default; deflate and none are the SDK's other choices. Spans
 carry the same attributes, times and status as the example file, so the
 report must equal examples/small.expected.json (hand-computed).
 """
@@ -30,11 +32,17 @@ REQUESTS = {
 NAMES = ["queued_at", "admitted_at", "first_token_at", "last_token_at", "released_at"]
 
 
+def compression(kind, args):
+    """The exporter's `Compression` member named by --compression."""
+    return {"gzip": kind.Gzip, "deflate": kind.Deflate, "none": kind.NoCompression}[args.compression]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--protocol", choices=["grpc", "http"], required=True)
     ap.add_argument("--endpoint", required=True)
     ap.add_argument("--run-id", required=True)
+    ap.add_argument("--compression", choices=["gzip", "deflate", "none"], default="gzip")
     args = ap.parse_args()
 
     if args.protocol == "grpc":
@@ -44,12 +52,12 @@ def main() -> int:
         # https endpoints use TLS, with certificates from OTEL_EXPORTER_OTLP_CERTIFICATE,
         # OTEL_EXPORTER_OTLP_CLIENT_KEY and OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.
         insecure = {"insecure": True} if args.endpoint.startswith("http://") else {}
-        exporter = OTLPSpanExporter(endpoint=args.endpoint, compression=Compression.Gzip, **insecure)
+        exporter = OTLPSpanExporter(endpoint=args.endpoint, compression=compression(Compression, args), **insecure)
     else:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.exporter.otlp.proto.http import Compression
 
-        exporter = OTLPSpanExporter(endpoint=args.endpoint, compression=Compression.Gzip)
+        exporter = OTLPSpanExporter(endpoint=args.endpoint, compression=compression(Compression, args))
 
     provider = TracerProvider(resource=Resource.create({"service.name": "tpsgap-e2e"}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
