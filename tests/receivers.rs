@@ -49,6 +49,9 @@ fn zstd(b: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(b, 3).expect("zstd")
 }
 
+/// A compressor of request bodies.
+type Compress = fn(&[u8]) -> Vec<u8>;
+
 fn zlib(b: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(b).expect("zlib");
@@ -131,7 +134,7 @@ async fn http_receiver_answers_in_kind_and_maps_errors() {
         // zstd, as the Collector's otlphttp exporter can send it, and
         // deflate (zlib's format), as the OpenTelemetry SDKs send it, also
         // under its other name: taken, cut short 400, a bomb 413.
-        let zstd_deflate_zlib: [(&str, fn(&[u8]) -> Vec<u8>); 3] =
+        let zstd_deflate_zlib: [(&str, Compress); 3] =
             [("zstd", zstd), ("deflate", zlib), ("zlib", zlib)];
         for (name, compress) in zstd_deflate_zlib {
             let zh = [
