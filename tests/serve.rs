@@ -90,22 +90,52 @@ async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
 async fn rust_opentelemetry_otlp_exporter_gives_the_hand_computed_report() {
     use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
     use opentelemetry::KeyValue;
-    use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+    use opentelemetry_otlp::{
+        Compression, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    };
 
     let s = start(example_config()).await;
-    // gzip (the exporter's usual choice) and zstd, one run each.
-    for (compression, run_id) in [
-        (opentelemetry_otlp::Compression::Gzip, "rust-grpc"),
-        (opentelemetry_otlp::Compression::Zstd, "rust-grpc-zstd"),
-    ] {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+    // gRPC with gzip (the exporter's usual choice) and zstd, HTTP protobuf
+    // with gzip, and HTTP JSON: one run each.
+    let grpc = |c| {
+        opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(format!("http://{}", s.grpc))
-            .with_compression(compression)
+            .with_compression(c)
             .build()
-            .expect("exporter");
-        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .expect("exporter")
+    };
+    let http = |p, c: Option<Compression>| {
+        let b = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_endpoint(format!("http://{}/v1/traces", s.http))
+            .with_protocol(p);
+        match c {
+            Some(c) => b.with_compression(c),
+            None => b,
+        }
+        .build()
+        .expect("exporter")
+    };
+    let cases = [
+        ("rust-grpc", grpc(Compression::Gzip)),
+        ("rust-grpc-zstd", grpc(Compression::Zstd)),
+        (
+            "rust-http",
+            http(Protocol::HttpBinary, Some(Compression::Gzip)),
+        ),
+        ("rust-http-json", http(Protocol::HttpJson, None)),
+    ];
+    for (run_id, exporter) in cases {
+        // The HTTP exporter's client needs the runtime's reactor, which the
+        // batch processor's own thread has not: spans go as they end.
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder();
+        let provider = if run_id.starts_with("rust-http") {
+            provider.with_simple_exporter(exporter)
+        } else {
+            provider.with_batch_exporter(exporter)
+        };
+        let provider = provider
             .with_resource(
                 opentelemetry_sdk::Resource::builder()
                     .with_service_name("tpsgap-e2e-rust")
