@@ -10,6 +10,9 @@ need_apt=()
 command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v curl >/dev/null || need_apt+=(curl)
+# Node.js and npm for the JavaScript SDK's exporters.
+command -v node >/dev/null || need_apt+=(nodejs)
+command -v npm >/dev/null || need_apt+=(npm)
 command -v openssl >/dev/null || need_apt+=(openssl)
 # A C compiler and make build the bundled jemalloc.
 command -v cc >/dev/null || need_apt+=(gcc)
@@ -26,6 +29,12 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import opentelemetry.sdk,
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
 export TPSGAP_TEST_PYTHON="$PWD/.venv/bin/python"
+
+# JavaScript: the real OpenTelemetry SDK and its OTLP/HTTP exporters, as
+# locked in tests/node/package-lock.json.
+if [ ! -d tests/node/node_modules/@opentelemetry/exporter-trace-otlp-proto ]; then
+  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+fi
 
 # The committed fixtures are exactly what the real SDK writes.
 tmp=$(mktemp -d)

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{
-    assert_same, example_config, example_run, final_run, http_get, python, root, sample, TestServer,
+    assert_same, example_config, example_run, final_run, http_get, node, python, root, sample,
+    TestServer,
 };
 use serde_json::Value;
 use tpsgap::serve::ServeConfig;
@@ -19,18 +20,24 @@ async fn start(cfg: ServeConfig) -> TestServer {
     TestServer::start(cfg).await
 }
 
-fn run_python(args: &[&str]) {
-    let out = Command::new(python())
-        .arg(root().join("tests/python/send_example.py"))
+/// Runs a worked-example sender (`tests/<sdk>/send_example.*`) with `args`
+/// under `program`; it must succeed.
+fn run_sender(program: std::path::PathBuf, script: &str, args: &[&str]) {
+    let out = Command::new(&program)
+        .arg(root().join(script))
         .args(args)
         .output()
-        .expect("run python (scripts/test.sh installs the venv)");
+        .unwrap_or_else(|e| panic!("run {program:?} (scripts/test.sh installs it): {e}"));
     assert!(
         out.status.success(),
-        "python exporter failed: {}{}",
+        "{script} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn run_python(args: &[&str]) {
+    run_sender(python(), "tests/python/send_example.py", args);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,6 +87,42 @@ async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
         assert_eq!(list["runs"][0]["totals"]["gap_fraction"], 0.2);
         let (code, body) = http_get(api, "/api/v1/runs/nope");
         assert_eq!(code, 404, "{body}");
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_sdk_http_exporters_give_the_hand_computed_report() {
+    let s = start(example_config()).await;
+    let (http, api) = (s.http, s.api);
+    tokio::task::spawn_blocking(move || {
+        // JSON (as browsers and Node services send it), plain and gzip, and
+        // protobuf with gzip: one run each.
+        let cases = [
+            ("json", "none", "js-json"),
+            ("json", "gzip", "js-json-gzip"),
+            ("proto", "gzip", "js-proto"),
+        ];
+        for (format, compression, run_id) in cases {
+            let endpoint = format!("http://{http}/v1/traces");
+            run_sender(
+                node(),
+                "tests/node/send_example.cjs",
+                &[
+                    "--format",
+                    format,
+                    "--compression",
+                    compression,
+                    "--endpoint",
+                    &endpoint,
+                    "--run-id",
+                    run_id,
+                ],
+            );
+            assert_same(&final_run(api, run_id), &example_run(run_id));
+        }
     })
     .await
     .expect("checks");

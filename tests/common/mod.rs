@@ -22,6 +22,12 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| root().join(".venv/bin/python"))
 }
 
+/// Node.js for the JavaScript SDK's exporters (`tests/node`, whose
+/// packages `scripts/test.sh` installs).
+pub fn node() -> PathBuf {
+    std::env::var_os("TPSGAP_TEST_NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from)
+}
+
 pub fn expected(path: &str) -> Value {
     let text = std::fs::read_to_string(root().join(path)).expect("expected file");
     serde_json::from_str(&text).expect("expected JSON")
