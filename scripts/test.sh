@@ -23,8 +23,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-# Python: the real OpenTelemetry SDK and its OTLP exporters.
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http, yaml' 2>/dev/null; then
+# Python: the real OpenTelemetry SDK and its OTLP exporters, and rotel (a
+# Rust OpenTelemetry collector, from its Python package) as the collector
+# in front of tpsgap and as the benchmarks' peer.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.grpc, opentelemetry.exporter.otlp.proto.http, yaml, rotel' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 fi
@@ -55,7 +57,7 @@ BIN=target/debug/tpsgap SPANS=20480 scripts/bench_api.sh
 # The idle-runs benchmark, small, likewise.
 BIN=target/debug/tpsgap IDLE_S=1 RUNS_LIST=100 scripts/bench_idle.sh
 # The peer benchmark (rotel, from its Python package), small, likewise.
-BIN=target/debug/tpsgap SPANS=20480 ROUNDS=1 PROTOCOLS=grpc SETTLE_MS=200 scripts/bench_peer.sh
+BIN=target/debug/tpsgap PEER_VENV=.venv SPANS=20480 ROUNDS=1 PROTOCOLS=grpc SETTLE_MS=200 scripts/bench_peer.sh
 
 # --all-targets also runs each benchmark once, small, to prove it still
 # works (the figures are in BENCHMARKS.md).

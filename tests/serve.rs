@@ -36,8 +36,20 @@ fn run_sender(program: std::path::PathBuf, script: &str, args: &[&str]) {
     );
 }
 
-fn run_python(args: &[&str]) {
-    run_sender(python(), "tests/python/send_example.py", args);
+/// The Python SDK's `protocol` exporter sends the example to `endpoint`
+/// as run `run_id`, compressed with `compression`.
+fn send_python(protocol: &str, endpoint: &str, run_id: &str, compression: &str) {
+    let args = [
+        "--protocol",
+        protocol,
+        "--endpoint",
+        endpoint,
+        "--run-id",
+        run_id,
+        "--compression",
+        compression,
+    ];
+    run_sender(python(), "tests/python/send_example.py", &args);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,16 +67,7 @@ async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
                 ("gzip", format!("py-{protocol}")),
                 ("deflate", format!("py-{protocol}-deflate")),
             ] {
-                run_python(&[
-                    "--protocol",
-                    protocol,
-                    "--endpoint",
-                    &endpoint,
-                    "--run-id",
-                    &run_id,
-                    "--compression",
-                    compression,
-                ]);
+                send_python(protocol, &endpoint, &run_id, compression);
             }
         }
         for id in ["py-grpc", "py-grpc-deflate", "py-http", "py-http-deflate"] {
@@ -87,6 +90,86 @@ async fn python_sdk_grpc_and_http_exporters_give_the_hand_computed_report() {
         assert_eq!(list["runs"][0]["totals"]["gap_fraction"], 0.2);
         let (code, body) = http_get(api, "/api/v1/runs/nope");
         assert_eq!(code, 404, "{body}");
+    })
+    .await
+    .expect("checks");
+    s.stop().await;
+}
+
+/// rotel's agent binary, from its Python package in the test venv
+/// (`tests/requirements.txt`), or `TPSGAP_TEST_ROTEL`.
+fn rotel() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("TPSGAP_TEST_ROTEL") {
+        return p.into();
+    }
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .expect("run python (scripts/test.sh installs the venv)");
+    assert!(out.status.success(), "rotel is not installed in the venv");
+    String::from_utf8_lossy(&out.stdout).trim().into()
+}
+
+/// A child process killed when dropped, so that a failed check leaves no
+/// collector running.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A collector in front of tpsgap, as users run one: the Python SDK
+/// exports to rotel (a Rust OpenTelemetry collector), whose OTLP exporter
+/// forwards to tpsgap over gRPC or HTTP, each to its own run; the reports
+/// are the hand-computed ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_in_front_forwards_over_grpc_and_http() {
+    let s = start(example_config()).await;
+    let (grpc, http, api) = (s.grpc, s.http, s.api);
+    tokio::task::spawn_blocking(move || {
+        let dir = std::env::temp_dir().join(format!("tpsgap-rotel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        for (protocol, to) in [("grpc", grpc), ("http", http)] {
+            let [in_grpc, in_http] = common::free_ports();
+            let collector = Command::new(rotel())
+                .args(["start", "--exporter", "otlp"])
+                .args(["--otlp-exporter-protocol", protocol])
+                .args(["--otlp-exporter-endpoint", &format!("http://{to}")])
+                .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{in_grpc}")])
+                .args(["--otlp-http-endpoint", &format!("127.0.0.1:{in_http}")])
+                .arg("--pid-file")
+                .arg(dir.join(format!("{protocol}.pid")))
+                .arg("--log-file")
+                .arg(dir.join(format!("{protocol}.log")))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start rotel");
+            let _collector = Killed(collector);
+            let listen = format!(
+                "127.0.0.1:{}",
+                if protocol == "grpc" { in_grpc } else { in_http }
+            );
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while std::net::TcpStream::connect(&listen).is_err() {
+                assert!(std::time::Instant::now() < deadline, "rotel did not listen");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let endpoint = match protocol {
+                "grpc" => format!("http://{listen}"),
+                _ => format!("http://{listen}/v1/traces"),
+            };
+            let run_id = format!("via-collector-{protocol}");
+            send_python(protocol, &endpoint, &run_id, "gzip");
+            assert_same(&final_run(api, &run_id), &example_run(&run_id));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     })
     .await
     .expect("checks");
