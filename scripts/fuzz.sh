@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes tpsgap with hostile input: runs each cargo-fuzz target of fuzz/
-# (protobuf, json, timestamp, gzip; the harnesses are in src/fuzzing.rs) for
+# (protobuf, json, timestamp, gzip, deflate; the harnesses are in src/fuzzing.rs) for
 # SECONDS (default 60), one after the other, on one core, starting from the
 # seed corpus in fuzz/corpus/<target>/seed-*.
 #
@@ -25,7 +25,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(protobuf json timestamp gzip)
+[ ${#targets[@]} -gt 0 ] || targets=(protobuf json timestamp gzip deflate)
 sanitizer=${FUZZ_SANITIZER:-address}
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

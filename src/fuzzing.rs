@@ -15,6 +15,7 @@
 //!   double; each one accepted is also run through a whole export.
 //! - [`gzip`]: a gzip request body, inflated as the receivers inflate it
 //!   and as flate2's streaming reader does: they must agree.
+//! - [`deflate`]: a deflate (zlib) request body, likewise.
 //!
 //! Every decoded export is extracted with the default attribute names and
 //! with each preset, joined, and reported with small windows (1 s windows,
@@ -315,8 +316,8 @@ pub fn json(data: &[u8]) -> Outcome {
     outcome(decoded, data, "fuzz.jsonl", InputFormat::Auto)
 }
 
-/// The most a [`gzip`] input may inflate to (the receivers' limit is
-/// `--max-message-bytes`).
+/// The most a [`gzip`] or [`deflate`] input may inflate to (the receivers'
+/// limit is `--max-message-bytes`).
 pub const GZIP_MAX: usize = 1 << 20;
 
 /// Fuzz target `gzip`: `data` as a gzip body, inflated by the receivers'
@@ -330,18 +331,58 @@ pub fn gzip(data: &[u8]) -> Result<Vec<u8>, crate::ingest::decompress::Decompres
     let mut streamed = Vec::new();
     let read = flate2::read::MultiGzDecoder::new(data)
         .take(GZIP_MAX as u64 + 1)
-        .read_to_end(&mut streamed);
-    match (&got, read) {
-        (Ok(out), Ok(_)) => assert_eq!(out, &streamed, "the two inflate different bytes"),
+        .read_to_end(&mut streamed)
+        .map_err(|e| e.to_string());
+    agree(&got, read.map(|_| streamed));
+    got
+}
+
+/// Fuzz target `deflate`: `data` as a deflate (zlib) body, inflated by the
+/// receivers' [`unzlib`](crate::ingest::decompress::unzlib) with a limit of
+/// [`GZIP_MAX`] bytes, against flate2's zlib reader, stream after stream
+/// while bytes remain, as [`gzip`] is against its reader.
+pub fn deflate(data: &[u8]) -> Result<Vec<u8>, crate::ingest::decompress::DecompressError> {
+    use std::io::Read;
+    let got = crate::ingest::decompress::unzlib(data, GZIP_MAX);
+    let (mut streamed, mut rest) = (Vec::new(), data);
+    let read = loop {
+        let room = (GZIP_MAX + 1 - streamed.len()) as u64;
+        let mut z = flate2::bufread::ZlibDecoder::new(rest);
+        if let Err(e) = (&mut z).take(room).read_to_end(&mut streamed) {
+            break Err(e.to_string());
+        }
+        if streamed.len() > GZIP_MAX {
+            break Ok(streamed);
+        }
+        if z.total_in() == 0 {
+            // flate2 calls an empty input a whole (empty) stream.
+            break Err("no stream".to_string());
+        }
+        rest = z.into_inner();
+        if rest.is_empty() {
+            break Ok(streamed);
+        }
+    };
+    agree(&got, read);
+    got
+}
+
+/// The receivers' decompressor (`got`) against a streaming reader's result,
+/// read up to one byte past [`GZIP_MAX`]: the same bytes, or both refused.
+fn agree(
+    got: &Result<Vec<u8>, crate::ingest::decompress::DecompressError>,
+    streamed: Result<Vec<u8>, String>,
+) {
+    match (got, streamed) {
+        (Ok(out), Ok(s)) => assert_eq!(out, &s, "the two inflate different bytes"),
         // The streaming reader stopped one byte past the limit, before the
         // body's end: refused, whatever that end holds.
-        (Err(_), Ok(_)) if streamed.len() > GZIP_MAX => {}
+        (Err(_), Ok(s)) if s.len() > GZIP_MAX => {}
         (Ok(_), Err(e)) => panic!("inflated what the streaming reader refuses: {e}"),
         (Err(e), Ok(_)) => panic!("refused ({e}) what the streaming reader inflates"),
         // A body over the limit whose end is also wrong: refused either way.
         (Err(_), Err(_)) => {}
     }
-    got
 }
 
 /// What [`timestamp`] parsed from its input, as each kind of attribute value.

@@ -21,7 +21,8 @@ enum Ran {
     Protobuf(Outcome),
     Json(Outcome),
     Timestamp(Parsed),
-    Gzip(Result<Vec<u8>, DecompressError>),
+    /// gzip or deflate.
+    Inflated(Result<Vec<u8>, DecompressError>),
 }
 
 impl Ran {
@@ -49,8 +50,8 @@ impl Ran {
     }
     fn inflated(&self) -> &Result<Vec<u8>, DecompressError> {
         match self {
-            Ran::Gzip(g) => g,
-            _ => panic!("not a gzip outcome"),
+            Ran::Inflated(g) => g,
+            _ => panic!("not a gzip or deflate outcome"),
         }
     }
 }
@@ -58,14 +59,15 @@ impl Ran {
 /// A check of what a harness returned for one input.
 type Check = fn(&Ran);
 
-const TARGETS: [&str; 4] = ["protobuf", "json", "timestamp", "gzip"];
+const TARGETS: [&str; 5] = ["protobuf", "json", "timestamp", "gzip", "deflate"];
 
 fn run(target: &str, data: &[u8]) -> Ran {
     match target {
         "protobuf" => Ran::Protobuf(tpsgap::fuzzing::protobuf(data)),
         "json" => Ran::Json(tpsgap::fuzzing::json(data)),
         "timestamp" => Ran::Timestamp(tpsgap::fuzzing::timestamp(data)),
-        "gzip" => Ran::Gzip(tpsgap::fuzzing::gzip(data)),
+        "gzip" => Ran::Inflated(tpsgap::fuzzing::gzip(data)),
+        "deflate" => Ran::Inflated(tpsgap::fuzzing::deflate(data)),
         other => panic!("no fuzz target {other:?}"),
     }
 }
@@ -215,6 +217,24 @@ const SEEDS: &[(&str, &str, Check)] = &[
     }),
     ("gzip", "seed-truncated", |r| {
         assert_eq!(r.inflated(), &Err(DecompressError::Truncated));
+    }),
+    ("deflate", "seed-export", |r| {
+        let pb = std::fs::read(root().join("fuzz/corpus/protobuf/seed-bad.pb")).expect("seed");
+        assert_eq!(r.inflated(), &Ok(pb));
+    }),
+    ("deflate", "seed-two-streams", |r| {
+        assert_eq!(r.inflated(), &Ok(b"abcdefg".to_vec()));
+    }),
+    ("deflate", "seed-bomb", |r| {
+        // 2 MiB of zeros in 2 KB.
+        let max = tpsgap::fuzzing::GZIP_MAX;
+        assert_eq!(r.inflated(), &Err(DecompressError::TooLarge(max)));
+    }),
+    ("deflate", "seed-truncated", |r| {
+        assert_eq!(r.inflated(), &Err(DecompressError::Truncated));
+    }),
+    ("deflate", "seed-bad-checksum", |r| {
+        assert!(matches!(r.inflated(), Err(DecompressError::Corrupt(_))));
     }),
 ];
 
