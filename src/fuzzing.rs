@@ -342,29 +342,38 @@ pub fn gzip(data: &[u8]) -> Result<Vec<u8>, crate::ingest::decompress::Decompres
 /// [`GZIP_MAX`] bytes, against flate2's zlib reader, stream after stream
 /// while bytes remain, as [`gzip`] is against its reader.
 pub fn deflate(data: &[u8]) -> Result<Vec<u8>, crate::ingest::decompress::DecompressError> {
-    use std::io::Read;
     let got = crate::ingest::decompress::unzlib(data, GZIP_MAX);
-    let (mut streamed, mut rest) = (Vec::new(), data);
-    let read = loop {
-        let room = (GZIP_MAX + 1 - streamed.len()) as u64;
+    agree(&got, zlib_streamed(data, GZIP_MAX as u64 + 1));
+    got
+}
+
+/// What flate2's zlib reader makes of `data`, stream after stream while
+/// bytes remain (it reads one and leaves the rest), up to `room` bytes.
+///
+/// # Errors
+/// What the reader says is wrong; an empty body is cut short.
+pub fn zlib_streamed(data: &[u8], room: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let (mut out, mut rest) = (Vec::new(), data);
+    loop {
+        let left = room.saturating_sub(out.len() as u64);
         let mut z = flate2::bufread::ZlibDecoder::new(rest);
-        if let Err(e) = (&mut z).take(room).read_to_end(&mut streamed) {
-            break Err(e.to_string());
-        }
-        if streamed.len() > GZIP_MAX {
-            break Ok(streamed);
+        (&mut z)
+            .take(left)
+            .read_to_end(&mut out)
+            .map_err(|e| e.to_string())?;
+        if out.len() as u64 >= room {
+            return Ok(out);
         }
         if z.total_in() == 0 {
             // flate2 calls an empty input a whole (empty) stream.
-            break Err("no stream".to_string());
+            return Err("no stream".to_string());
         }
         rest = z.into_inner();
         if rest.is_empty() {
-            break Ok(streamed);
+            return Ok(out);
         }
-    };
-    agree(&got, read);
-    got
+    }
 }
 
 /// The receivers' decompressor (`got`) against a streaming reader's result,
