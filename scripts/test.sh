@@ -33,9 +33,10 @@ fi
 export TPSGAP_TEST_PYTHON="$PWD/.venv/bin/python"
 
 # JavaScript: the real OpenTelemetry SDK and its OTLP/HTTP exporters, as
-# locked in tests/node/package-lock.json.
-if [ ! -d tests/node/node_modules/@opentelemetry/exporter-trace-otlp-proto ]; then
+# locked in tests/node/package-lock.json (installed again when it changes).
+if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.installed-lock.json; then
   npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+  cp tests/node/package-lock.json tests/node/node_modules/.installed-lock.json
 fi
 
 # The committed fixtures are exactly what the real SDK writes.
