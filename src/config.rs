@@ -164,6 +164,17 @@ pub struct ServeArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Origins whose browser pages may send to the OTLP/HTTP receiver
+    /// (CORS), comma-separated; `*` in one stands for any characters
+    /// (`https://*.example.com`), and `*` alone for every origin. None by
+    /// default: browsers may not send.
+    #[arg(
+        long,
+        env = "TPSGAP_HTTP_CORS_ALLOWED_ORIGINS",
+        value_name = "ORIGINS",
+        value_delimiter = ','
+    )]
+    pub http_cors_allowed_origins: Vec<String>,
     /// CA (PEM) that client certificates must chain to (mTLS); needs --tls-cert.
     #[arg(
         long,
@@ -217,6 +228,12 @@ impl From<&ServeArgs> for crate::serve::ServeConfig {
                 _ => None,
             },
             max_message: a.max_message_bytes,
+            cors_allowed_origins: a
+                .http_cors_allowed_origins
+                .iter()
+                .map(|o| o.trim().to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
             max_spans_per_second: a.max_spans_per_second,
             max_spans_per_batch: a.max_spans_per_batch,
             max_attribute_length: a.max_attribute_length,

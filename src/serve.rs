@@ -38,6 +38,9 @@ pub struct ServeConfig {
     pub otlp_endpoint: Option<String>,
     /// Largest accepted OTLP message, bytes (default 64 MiB).
     pub max_message: usize,
+    /// Origins whose browser pages may send to the OTLP/HTTP receiver
+    /// (CORS; `*` stands for any characters); none by default.
+    pub cors_allowed_origins: Vec<String>,
     /// Ingest capacity, spans per second (0: unlimited).
     pub max_spans_per_second: u64,
     /// Most spans in one request (default 100,000).
@@ -66,6 +69,7 @@ impl Default for ServeConfig {
             checkpoint_interval: Duration::from_secs(60),
             otlp_endpoint: None,
             max_message: 64 << 20,
+            cors_allowed_origins: Vec::new(),
             max_spans_per_second: 0,
             max_spans_per_batch: 100_000,
             max_attribute_length: 65_536,
@@ -265,7 +269,8 @@ pub async fn run(
             wait(stop_rx.clone()),
         );
     let grpc_task = tokio::spawn(grpc_server);
-    let http_router = http::router(pipeline.clone(), cfg.max_message, token.clone());
+    let http_router = http::router(pipeline.clone(), cfg.max_message, token.clone())
+        .layer(http::cors(&cfg.cors_allowed_origins));
     let http_task = spawn_http(
         listeners.http,
         rustls.clone(),

@@ -236,7 +236,10 @@ fn demo_finds_its_injected_stall() {
 }
 
 fn chromium_dom(url: &str) -> String {
-    let profile = tmpdir("chromium");
+    // A profile of its own: tests running at once each start a browser.
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile = tmpdir(&format!("chromium-{n}"));
     let out = Command::new("chromium")
         .args([
             "--headless",
@@ -412,4 +415,84 @@ fn compare_passes_and_fails_in_the_known_direction() {
     let missing = tpsgap(&["compare", &s(&rb), &s(&ra), "--run", "nope"]);
     assert!(!missing.status.success());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A browser page sends the worked example as OTLP/JSON (a `fetch` with
+/// `Content-Type: application/json` and the server's bearer token, so the
+/// browser asks first with a CORS preflight) to the HTTP receiver of a
+/// server that allows `http://localhost:*`: from `http://localhost:PORT` it is taken and the
+/// run's report is the hand-computed one; the same page from
+/// `http://127.0.0.1:PORT` (another origin) is refused by the browser and
+/// sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_page_of_an_allowed_origin_sends_otlp_json() {
+    // With a bearer token, which the page sends: the browser's preflight
+    // carries none, and is answered before the token check.
+    let dir = tmpdir("cors-page");
+    std::fs::write(dir.join("token"), "page-token\n").expect("token");
+    let server = TestServer::start(ServeConfig {
+        cors_allowed_origins: vec!["http://localhost:*".to_string()],
+        auth_token_file: Some(dir.join("token")),
+        ..common::example_config()
+    })
+    .await;
+    let (http, api) = (server.http, server.api);
+    tokio::task::spawn_blocking(move || {
+        let example =
+            std::fs::read_to_string(root().join("examples/small.jsonl")).expect("example");
+        let page = format!(
+            r#"<!doctype html><body>sending<script>
+const run = new URLSearchParams(location.search).get("run");
+const body = {example}.replaceAll(
+  '{{"key":"run_id","value":{{"stringValue":"example"}}}}',
+  '{{"key":"run_id","value":{{"stringValue":"' + run + '"}}}}');
+fetch("http://{http}/v1/traces", {{
+  method: "POST",
+  headers: {{"Content-Type": "application/json", "Authorization": "Bearer page-token"}},
+  body }})
+  .then(r => {{ document.body.textContent = "status " + r.status; }})
+  .catch(e => {{ document.body.textContent = "refused " + e.name; }});
+</script></body>"#,
+            example = serde_json::to_string(example.trim()).expect("json string"),
+        );
+        std::fs::write(dir.join("send.html"), page).expect("page");
+        let port = common::free_port();
+        let mut pages = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m http.server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "page server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let allowed = chromium_dom(&format!("http://localhost:{port}/send.html?run=browser"));
+        let other = chromium_dom(&format!("http://127.0.0.1:{port}/send.html?run=blocked"));
+        let _ = pages.kill();
+        let _ = pages.wait();
+        std::fs::remove_dir_all(&dir).ok();
+        assert!(allowed.contains("status 200"), "{allowed}");
+        assert!(other.contains("refused TypeError"), "{other}");
+        let auth = "Authorization: Bearer page-token\r\n";
+        let got = common::final_run_with(api, "browser", auth);
+        common::assert_same(&got, &common::example_run("browser"));
+        let (code, _) = common::http_get_with(api, "/api/v1/runs/blocked", auth);
+        assert_eq!(code, 404, "the refused page sent nothing");
+    })
+    .await
+    .expect("checks");
+    server.stop().await;
 }

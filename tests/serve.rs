@@ -156,11 +156,10 @@ async fn a_collector_in_front_forwards_over_grpc_and_http() {
                 "127.0.0.1:{}",
                 if protocol == "grpc" { in_grpc } else { in_http }
             );
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while std::net::TcpStream::connect(&listen).is_err() {
-                assert!(std::time::Instant::now() < deadline, "rotel did not listen");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            common::wait_for(Duration::from_secs(30), || {
+                std::net::TcpStream::connect(&listen).ok()
+            })
+            .expect("rotel listens");
             let endpoint = match protocol {
                 "grpc" => format!("http://{listen}"),
                 _ => format!("http://{listen}/v1/traces"),

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use prost::Message;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::decompress::{self, DecompressError};
 use super::Pipeline;
@@ -92,6 +93,62 @@ fn error_response(e: &HttpError, enc: Encoding) -> Response {
         }
     }
     resp
+}
+
+/// CORS for the receiver, so that browser pages of `origins` may send
+/// (OTLP/JSON from the JavaScript SDK in a browser): a preflight is answered
+/// before the token check (a browser sends it without one), and every
+/// answer names the origin. With no origins it adds nothing, and browsers
+/// may not send.
+pub fn cors(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer::util::Identity> {
+    use tower::util::Either;
+    if origins.is_empty() {
+        return Either::Right(tower::layer::util::Identity::new());
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let origins = origins.to_vec();
+        AllowOrigin::predicate(move |origin, _| {
+            let origin = origin.to_str().unwrap_or("");
+            origins.iter().any(|p| origin_matches(p, origin))
+        })
+    };
+    Either::Left(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::POST])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("x-requested-with"),
+            ])
+            .expose_headers([header::RETRY_AFTER]),
+    )
+}
+
+/// Whether `origin` matches `pattern`, whose `*`s stand for any characters
+/// (none included); compared without regard to case, as hosts are.
+fn origin_matches(pattern: &str, origin: &str) -> bool {
+    let (pattern, origin) = (pattern.to_ascii_lowercase(), origin.to_ascii_lowercase());
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = origin.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole origin.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// The router serving `POST /v1/traces` (behind the bearer-token check
@@ -205,6 +262,41 @@ async fn export(
             let req = crate::lean::json::decode(&raw)
                 .map_err(|e| HttpError::Undecodable(e.to_string()))?;
             Ok(s.pipeline.handle(super::Export::Lean(&req)).await?)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_matches;
+
+    #[test]
+    fn origins_match_exactly_or_by_wildcard() {
+        let cases = [
+            ("https://app.example.com", "https://app.example.com", true),
+            ("https://app.example.com", "https://APP.example.com", true),
+            (
+                "https://app.example.com",
+                "https://app.example.com.evil",
+                false,
+            ),
+            ("https://app.example.com", "http://app.example.com", false),
+            ("https://*.example.com", "https://a.b.example.com", true),
+            ("https://*.example.com", "https://example.com", false),
+            (
+                "https://*.example.com",
+                "https://x.example.com.evil.org",
+                false,
+            ),
+            ("http://localhost:*", "http://localhost:5173", true),
+            ("http://localhost:*", "http://127.0.0.1:5173", false),
+            ("http://*:*", "http://h:1", true),
+            ("a*a", "a", false),
+            ("a*a", "aa", true),
+            ("*", "anything", true),
+        ];
+        for (pattern, origin, want) in cases {
+            assert_eq!(origin_matches(pattern, origin), want, "{pattern} {origin}");
         }
     }
 }

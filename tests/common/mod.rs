@@ -75,12 +75,17 @@ pub fn assert_same(got: &Value, want: &Value) {
 
 /// A plain HTTP/1.1 GET: (status, body); status 0 when the connection fails.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, "")
+}
+
+/// [`http_get`] with `headers` (lines ending in `\r\n`) in the request.
+pub fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut buf = Vec::new();
     let got = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
         )?;
         s.read_to_end(&mut buf)
     });
@@ -121,8 +126,13 @@ pub fn example_run(run_id: &str) -> Value {
 /// Waits until the API reports run `id` final and returns its object
 /// without `state`.
 pub fn final_run(api: SocketAddr, id: &str) -> Value {
+    final_run_with(api, id, "")
+}
+
+/// [`final_run`], asking with `headers` (a bearer token, say).
+pub fn final_run_with(api: SocketAddr, id: &str, headers: &str) -> Value {
     let v = wait_for(Duration::from_secs(30), || {
-        let (code, body) = http_get(api, &format!("/api/v1/runs/{id}"));
+        let (code, body) = http_get_with(api, &format!("/api/v1/runs/{id}"), headers);
         let v: Value = serde_json::from_str(&body).ok()?;
         (code == 200 && v["state"] == "final").then_some(v)
     })
