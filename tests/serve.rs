@@ -176,19 +176,25 @@ async fn a_collector_in_front_forwards_over_grpc_and_http() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn javascript_sdk_http_exporters_give_the_hand_computed_report() {
+async fn javascript_sdk_exporters_give_the_hand_computed_report() {
     let s = start(example_config()).await;
-    let (http, api) = (s.http, s.api);
+    let (grpc, http, api) = (s.grpc, s.http, s.api);
     tokio::task::spawn_blocking(move || {
-        // JSON (as browsers and Node services send it), plain and gzip, and
-        // protobuf with gzip: one run each.
+        // Over HTTP: JSON (as browsers and Node services send it), plain
+        // and gzip, and protobuf with gzip; over gRPC (grpc-js), gzip and
+        // plain: one run each.
         let cases = [
             ("json", "none", "js-json"),
             ("json", "gzip", "js-json-gzip"),
             ("proto", "gzip", "js-proto"),
+            ("grpc", "gzip", "js-grpc"),
+            ("grpc", "none", "js-grpc-plain"),
         ];
         for (format, compression, run_id) in cases {
-            let endpoint = format!("http://{http}/v1/traces");
+            let endpoint = match format {
+                "grpc" => format!("http://{grpc}"),
+                _ => format!("http://{http}/v1/traces"),
+            };
             run_sender(
                 node(),
                 "tests/node/send_example.cjs",

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 // Send the worked example (examples/small.jsonl: requests A-D, cap 1, one
-// stall) to tpsgap with the real OpenTelemetry JavaScript SDK and its
-// OTLP/HTTP exporters, JSON (`@opentelemetry/exporter-trace-otlp-http`, as
+// stall) to tpsgap with the real OpenTelemetry JavaScript SDK and its OTLP
+// exporters: over HTTP, JSON (`@opentelemetry/exporter-trace-otlp-http`, as
 // browsers and Node services send it) or protobuf
-// (`@opentelemetry/exporter-trace-otlp-proto`).
+// (`@opentelemetry/exporter-trace-otlp-proto`); or over gRPC
+// (`@opentelemetry/exporter-trace-otlp-grpc`, on grpc-js).
 //
 //   node send_example.cjs --format json --endpoint http://127.0.0.1:4318/v1/traces --run-id r1
 //   node send_example.cjs --format proto --compression gzip --endpoint ... --run-id r2
+//   node send_example.cjs --format grpc --compression gzip --endpoint http://127.0.0.1:4317 --run-id r3
 //
 // Spans carry the same attributes, times and status as the example file,
 // so the report must equal examples/small.expected.json (hand-computed).
@@ -36,8 +38,12 @@ const REQUESTS = {
 };
 const NAMES = ['queued_at', 'admitted_at', 'first_token_at', 'last_token_at', 'released_at'];
 
-const pkg = { json: 'exporter-trace-otlp-http', proto: 'exporter-trace-otlp-proto' }[args.format];
-if (!pkg) throw new Error(`--format json|proto, not ${args.format}`);
+const pkg = {
+  json: 'exporter-trace-otlp-http',
+  proto: 'exporter-trace-otlp-proto',
+  grpc: 'exporter-trace-otlp-grpc',
+}[args.format];
+if (!pkg) throw new Error(`--format json|proto|grpc, not ${args.format}`);
 const { OTLPTraceExporter } = require(`@opentelemetry/${pkg}`);
 const exporter = new OTLPTraceExporter({ url: args.endpoint, compression: args.compression });
 const provider = new TracerProvider({
