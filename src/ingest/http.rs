@@ -108,11 +108,8 @@ pub fn cors(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer::
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        let origins = origins.to_vec();
-        AllowOrigin::predicate(move |origin, _| {
-            let origin = origin.to_str().unwrap_or("");
-            origins.iter().any(|p| origin_matches(p, origin))
-        })
+        let patterns = OriginPatterns::new(origins);
+        AllowOrigin::predicate(move |origin, _| patterns.allow(origin.to_str().unwrap_or("")))
     };
     Either::Left(
         CorsLayer::new()
@@ -128,10 +125,25 @@ pub fn cors(origins: &[String]) -> tower::util::Either<CorsLayer, tower::layer::
     )
 }
 
-/// Whether `origin` matches `pattern`, whose `*`s stand for any characters
-/// (none included); compared without regard to case, as hosts are.
+/// Allowed origins, whose `*`s stand for any characters (none included),
+/// compared without regard to case, as hosts are: lowered once here, and an
+/// origin once a request.
+struct OriginPatterns(Vec<String>);
+
+impl OriginPatterns {
+    fn new(origins: &[String]) -> OriginPatterns {
+        OriginPatterns(origins.iter().map(|o| o.to_ascii_lowercase()).collect())
+    }
+
+    fn allow(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        self.0.iter().any(|p| origin_matches(p, &origin))
+    }
+}
+
+/// Whether `origin` matches `pattern` (both in lower case), whose `*`s
+/// stand for any characters (none included).
 fn origin_matches(pattern: &str, origin: &str) -> bool {
-    let (pattern, origin) = (pattern.to_ascii_lowercase(), origin.to_ascii_lowercase());
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = origin.strip_prefix(first) else {
@@ -268,13 +280,14 @@ async fn export(
 
 #[cfg(test)]
 mod tests {
-    use super::origin_matches;
+    use super::OriginPatterns;
 
     #[test]
     fn origins_match_exactly_or_by_wildcard() {
         let cases = [
             ("https://app.example.com", "https://app.example.com", true),
             ("https://app.example.com", "https://APP.example.com", true),
+            ("https://App.Example.com", "https://app.example.com", true),
             (
                 "https://app.example.com",
                 "https://app.example.com.evil",
@@ -296,7 +309,8 @@ mod tests {
             ("*", "anything", true),
         ];
         for (pattern, origin, want) in cases {
-            assert_eq!(origin_matches(pattern, origin), want, "{pattern} {origin}");
+            let allowed = OriginPatterns::new(&[pattern.to_string()]).allow(origin);
+            assert_eq!(allowed, want, "{pattern} {origin}");
         }
     }
 }
