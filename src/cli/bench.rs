@@ -545,13 +545,12 @@ impl Encoding {
         }
     }
 
-    /// `data` decompressed as the receivers decompress it, the fastest way
-    /// tpsgap has.
+    /// `data` decompressed as the receivers decompress it (the
+    /// decompressor they find by this name), the fastest way tpsgap has.
     fn decompress(self, data: &[u8]) -> Result<Vec<u8>, DecompressError> {
-        match self {
-            Encoding::Gzip => decompress::gunzip(data, usize::MAX),
-            Encoding::Zstd => decompress::unzstd(data, usize::MAX),
-        }
+        let decompress = decompress::for_encoding(self.name())
+            .ok_or_else(|| DecompressError::Corrupt(format!("no {} decompressor", self.name())))?;
+        decompress(data, usize::MAX)
     }
 }
 
