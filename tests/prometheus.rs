@@ -9,23 +9,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{free_port, http_get, wait_for, ServeProc};
+use common::{free_port, http_get, wait_for, Killed, ServeProc};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use serde_json::Value;
 use tpsgap::model::Stamp;
 use tpsgap::testutil::{export, kv_int, request_span};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn query(prom: SocketAddr, q: &str) -> Option<f64> {
     let enc: String = q
@@ -85,7 +76,7 @@ async fn prometheus_scrapes_gap_fraction_and_the_counter_ratio_agrees() {
         ),
     )
     .expect("config");
-    let _prom = Proc(
+    let _prom = Killed(
         Command::new("prometheus")
             .arg(format!("--config.file={}", cfg.display()))
             .arg(format!(

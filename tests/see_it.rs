@@ -457,7 +457,7 @@ fetch("http://{http}/v1/traces", {{
         );
         std::fs::write(dir.join("send.html"), page).expect("page");
         let port = common::free_port();
-        let mut pages = Command::new("python3")
+        let pages = Command::new("python3")
             .args([
                 "-m",
                 "http.server",
@@ -471,6 +471,7 @@ fetch("http://{http}/v1/traces", {{
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python3 -m http.server");
+        let _pages = common::Killed(pages);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -481,8 +482,6 @@ fetch("http://{http}/v1/traces", {{
         }
         let allowed = chromium_dom(&format!("http://localhost:{port}/send.html?run=browser"));
         let other = chromium_dom(&format!("http://127.0.0.1:{port}/send.html?run=blocked"));
-        let _ = pages.kill();
-        let _ = pages.wait();
         std::fs::remove_dir_all(&dir).ok();
         assert!(allowed.contains("status 200"), "{allowed}");
         assert!(other.contains("refused TypeError"), "{other}");

@@ -113,17 +113,6 @@ fn rotel() -> std::path::PathBuf {
     String::from_utf8_lossy(&out.stdout).trim().into()
 }
 
-/// A child process killed when dropped, so that a failed check leaves no
-/// collector running.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A collector in front of tpsgap, as users run one: the Python SDK
 /// exports to rotel (a Rust OpenTelemetry collector), whose OTLP exporter
 /// forwards to tpsgap over gRPC or HTTP, each to its own run; the reports
@@ -151,7 +140,7 @@ async fn a_collector_in_front_forwards_over_grpc_and_http() {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("start rotel");
-            let _collector = Killed(collector);
+            let _collector = common::Killed(collector);
             let listen = format!(
                 "127.0.0.1:{}",
                 if protocol == "grpc" { in_grpc } else { in_http }

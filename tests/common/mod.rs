@@ -392,6 +392,17 @@ impl ServeProc {
     }
 }
 
+/// A child process (Prometheus, a collector, a page server) killed and
+/// reaped when dropped, so that a failed check leaves nothing running.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for ServeProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
