@@ -14,6 +14,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v openssl >/dev/null || need_apt+=(openssl)
+# valgrind (callgrind) for the instruction-count benchmark.
+command -v valgrind >/dev/null || need_apt+=(valgrind)
 # A C compiler and make build the bundled jemalloc.
 command -v cc >/dev/null || need_apt+=(gcc)
 command -v make >/dev/null || need_apt+=(make)
@@ -57,6 +59,8 @@ BIN=target/debug/tpsgap scripts/soak.sh 20
 BIN=target/debug/tpsgap SPANS=20480 scripts/bench_api.sh
 # The idle-runs benchmark, small, likewise.
 BIN=target/debug/tpsgap IDLE_S=1 RUNS_LIST=100 scripts/bench_idle.sh
+# The instruction-count benchmark (callgrind), small, likewise.
+BIN=target/debug/tpsgap SPANS=5120 scripts/bench_instructions.sh
 # The peer benchmark (rotel, from its Python package), small, likewise.
 BIN=target/debug/tpsgap PEER_VENV=.venv SPANS=20480 ROUNDS=1 PROTOCOLS=grpc SETTLE_MS=200 scripts/bench_peer.sh
 

@@ -1241,7 +1241,9 @@ fn thread_cpu_seconds(ticks_per_s: f64) -> anyhow::Result<f64> {
 }
 
 /// The decode-only cost of `load` in this process: CPU-seconds per million
-/// spans, median of 5 passes.
+/// spans, median of 5 passes. A symbol of its own, not inlined:
+/// `scripts/bench_instructions.sh` counts its instructions by name.
+#[inline(never)]
 fn decode_only(
     load: &Payloads,
     protocol: Protocol,
