@@ -967,7 +967,10 @@ pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
 /// last (`a > b` when none): [`windows_containing`] clipped, but an
 /// instant outside their cover costs no division, and among a few windows
 /// (a finalization's usual lot) they are found by comparing `t` with their
-/// bounds, which costs less than the two divisions.
+/// bounds, which costs less than the two divisions. Inlined: a
+/// finalization asks it of every request it holds, most of them outside
+/// the cover, and the cover is then worked out once for the loop.
+#[inline]
 pub fn windows_among(t: Nanos, first: i64, last: i64, cfg: &WindowConfig) -> (i64, i64) {
     let (lo, hi) = windows_cover(first, last, cfg);
     if !(lo..hi).contains(&t) {
