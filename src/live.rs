@@ -886,11 +886,12 @@ impl Engine {
             self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out);
         }
         drop(batch);
-        for e in items {
+        // Read in place: moving each item out would copy it (184 bytes).
+        for e in &items {
             match e {
                 Extracted::Observation(_) => {}
                 Extracted::NoRun => out.ignored += 1,
-                Extracted::Rejected(r) => out.rejected.push(r),
+                Extracted::Rejected(r) => out.rejected.push(r.clone()),
             }
         }
         let c = &self.counters;
