@@ -20,13 +20,20 @@ const STATUS_CODE_ERROR: i32 = 2;
 
 /// A string attribute value, if it is valid UTF-8.
 fn utf8(b: &[u8]) -> Result<&str, String> {
-    // Ids are short and ASCII: a word-at-a-time ASCII check costs less than
-    // half the general validation, which walks short strings byte by byte.
-    if b.is_ascii() {
-        // SAFETY: ASCII bytes are valid UTF-8.
-        return Ok(unsafe { std::str::from_utf8_unchecked(b) });
+    match ascii(b) {
+        Some(s) => Ok(s),
+        None => std::str::from_utf8(b).map_err(|_| "value is not valid UTF-8".to_string()),
     }
-    std::str::from_utf8(b).map_err(|_| "value is not valid UTF-8".to_string())
+}
+
+/// A string that is ASCII. Ids are short and ASCII: a word-at-a-time ASCII
+/// check costs less than half the general validation, which walks short
+/// strings byte by byte.
+#[inline]
+fn ascii(b: &[u8]) -> Option<&str> {
+    // SAFETY: ASCII bytes are valid UTF-8.
+    b.is_ascii()
+        .then(|| unsafe { std::str::from_utf8_unchecked(b) })
 }
 
 /// The attribute names read for each field; for every field the first name
@@ -862,11 +869,8 @@ fn clamp_u64(v: u64) -> Nanos {
 fn parse_id(v: Val<'_>) -> Result<Option<Cow<'_, str>>, String> {
     // The usual id, a non-empty ASCII string: as `utf8` reads it, inline.
     if let Val::Str(s @ [_, ..]) = v {
-        if s.is_ascii() {
-            // SAFETY: ASCII bytes are valid UTF-8.
-            return Ok(Some(Cow::Borrowed(unsafe {
-                std::str::from_utf8_unchecked(s)
-            })));
+        if let Some(id) = ascii(s) {
+            return Ok(Some(Cow::Borrowed(id)));
         }
     }
     any_id(v)
@@ -959,7 +963,7 @@ fn timestamp(v: Val<'_>) -> Result<Nanos, String> {
     // The usual value, integer nanoseconds in range: what `int_timestamp`
     // and `in_range` make of it, without a call.
     if let Val::Int(i) = v {
-        if (100_000_000_000_000_000..MAX_TIMESTAMP).contains(&i) {
+        if (NANOS_FROM..MAX_TIMESTAMP).contains(&i) {
             return Ok(i);
         }
     }
@@ -993,6 +997,9 @@ pub fn in_range(t: Nanos) -> Result<Nanos, String> {
     }
 }
 
+/// From this magnitude up, an integer timestamp is in nanoseconds.
+const NANOS_FROM: i64 = 100_000_000_000_000_000;
+
 /// An integer Unix time, unit by magnitude: < 1e11 seconds, < 1e14
 /// milliseconds, < 1e17 microseconds, else nanoseconds.
 pub fn int_timestamp(i: i64) -> Result<Nanos, String> {
@@ -1001,7 +1008,7 @@ pub fn int_timestamp(i: i64) -> Result<Nanos, String> {
         NANOS_PER_SEC
     } else if m < 100_000_000_000_000 {
         1_000_000
-    } else if m < 100_000_000_000_000_000 {
+    } else if m < NANOS_FROM as u64 {
         1_000
     } else {
         1

@@ -969,7 +969,7 @@ pub fn windows_containing(t: Nanos, cfg: &WindowConfig) -> (i64, i64) {
 /// (a finalization's usual lot) they are found by comparing `t` with their
 /// bounds, which costs less than the two divisions. Inlined: a
 /// finalization asks it of every request it holds, most of them outside
-/// the cover, and the cover is then worked out once for the loop.
+/// the cover, and a call for each cost more than the answer.
 #[inline]
 pub fn windows_among(t: Nanos, first: i64, last: i64, cfg: &WindowConfig) -> (i64, i64) {
     let (lo, hi) = windows_cover(first, last, cfg);
