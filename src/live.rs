@@ -1352,7 +1352,8 @@ impl Engine {
             !self::settled(&reqs[i as usize]) && open[..settled].binary_search(&i).is_ok()
         });
         run.settled = settled;
-        counted.sort_unstable();
+        crate::window::sort_packed(&mut counted, |c| c.0);
+        crate::window::sort_ties(&mut counted, |c| c.0, |x, y| (x.1, x.2).cmp(&(y.1, y.2)));
         let reqs = run.join.requests();
         out.requests.extend(counted.into_iter().map(|(t, _, i)| {
             let r = &reqs[i as usize];
@@ -1558,12 +1559,14 @@ impl<'a> Queued<'a> {
                     .map(|(a, b)| (a, b, r))
             }));
         }
-        // The queued time is the first timestamp: comparing it first
-        // settles almost every pair.
-        q.sort_unstable_by(|x, y| {
-            (x.0.cmp(&y.0))
-                .then_with(|| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)))
-        });
+        // The queued time is the first timestamp: sorting by it settles
+        // almost every pair, and the whole key orders those it ties.
+        crate::window::sort_packed(&mut q, |x| x.0);
+        crate::window::sort_ties(
+            &mut q,
+            |x| x.0,
+            |x, y| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)),
+        );
         // Only those waiting in a gap: in order of their start, the first
         // gap ending after it only moves forward.
         let mut g = 0;

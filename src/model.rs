@@ -118,9 +118,15 @@ impl Stamps {
 
     /// Earliest and latest known timestamp.
     pub fn bounds(&self) -> Option<(Nanos, Nanos)> {
-        let mut it = self.known();
-        let first = it.next()?;
-        Some(it.fold((first, first), |(lo, hi), t| (lo.min(t), hi.max(t))))
+        // Without a branch a stamp: the sentinel is the least value, so it
+        // never wins the largest, and counts as the greatest for the least.
+        let hi = self.0.iter().copied().fold(NO_STAMP, Nanos::max);
+        let lo = self
+            .0
+            .iter()
+            .map(|&t| if t == NO_STAMP { Nanos::MAX } else { t })
+            .fold(Nanos::MAX, Nanos::min);
+        (hi != NO_STAMP).then_some((lo, hi))
     }
 
     /// Field-by-field merge (the earliest start-like stamp and the latest
@@ -403,6 +409,7 @@ impl fmt::Display for Cause {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn secs_keep_precision() {
@@ -435,6 +442,31 @@ mod tests {
             x
         };
         assert_eq!(again, ab);
+    }
+
+    proptest! {
+        /// The least and greatest known stamp, as a filtered fold of the
+        /// known stamps gives them (none when no stamp is known), for any
+        /// values, the extremes beside the sentinel included.
+        #[test]
+        fn bounds_are_the_least_and_greatest_known_stamp(
+            picks in prop::array::uniform5(prop::option::of(prop_oneof![
+                any::<i64>().prop_filter("the sentinel", |&t| t != NO_STAMP),
+                Just(NO_STAMP + 1),
+                Just(Nanos::MAX),
+                Just(0),
+            ])),
+        ) {
+            let mut st = Stamps::default();
+            for (s, t) in Stamp::ALL.into_iter().zip(picks) {
+                if let Some(t) = t {
+                    st.set(s, t);
+                }
+            }
+            let known: Vec<Nanos> = picks.iter().flatten().copied().collect();
+            let want = known.iter().min().zip(known.iter().max()).map(|(&a, &b)| (a, b));
+            prop_assert_eq!(st.bounds(), want);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! measures are two binary searches, and each release touches only the
 //! ⌈W/S⌉ windows that contain it.
 
+use std::cmp::Ordering;
 use std::collections::VecDeque;
 
 use crate::model::{duration_secs, nanos_to_secs, Cause, Nanos, Request, Stamp};
@@ -344,7 +345,8 @@ fn whole_sweep(
 }
 
 /// Event lists from this many up to [`RADIX_UP_TO`] are sorted by radix,
-/// others by comparison.
+/// shorter ones as packed words ([`sort_packed`]), longer ones by
+/// comparison.
 const RADIX_FROM: usize = 1 << 12;
 
 /// Beyond this many events (4 MiB) a radix pass scatters over more memory
@@ -352,13 +354,17 @@ const RADIX_FROM: usize = 1 << 12;
 /// comparison sort was faster.
 const RADIX_UP_TO: usize = 1 << 18;
 
-/// Sorts sweep events by time: a list of [`RADIX_FROM`] to
-/// [`RADIX_UP_TO`] events (a finalization's, a mid-sized run's whole
-/// sweep) by radix, 11 bits of the time a pass, least significant first,
-/// over the bits in which its times differ; a shorter or longer one by
-/// comparison.
+/// Sorts sweep events by time: a list shorter than [`RADIX_FROM`]
+/// (a finalization's) as [`sort_packed`] does; one of [`RADIX_FROM`] to
+/// [`RADIX_UP_TO`] events (a mid-sized run's whole sweep) by radix, 11 bits
+/// of the time a pass, least significant first, over the bits in which its
+/// times differ; a longer one by comparison.
 fn sort_by_time(events: &mut Vec<(Nanos, Ev)>) {
-    if !(RADIX_FROM..=RADIX_UP_TO).contains(&events.len()) {
+    if events.len() < RADIX_FROM {
+        sort_packed(events, |e| e.0);
+        return;
+    }
+    if events.len() > RADIX_UP_TO {
         events.sort_unstable_by_key(|e| e.0);
         return;
     }
@@ -394,6 +400,50 @@ fn sort_by_time(events: &mut Vec<(Nanos, Ev)>) {
     }
     if in_other {
         std::mem::swap(from, to);
+    }
+}
+
+/// Sorts `items` by `time`, stably. A list shorter than [`RADIX_FROM`]
+/// whose times span less than 2^52 ns (52 days) is sorted as one word an
+/// item, the time from the earliest above the item's place, and then put in
+/// that order: a comparison sort of 8-byte keys costs a third less than one
+/// of the items (a finalization's sweep events and released requests).
+pub(crate) fn sort_packed<T: Copy>(items: &mut Vec<T>, time: impl Fn(&T) -> Nanos) {
+    const PLACE: u32 = RADIX_FROM.trailing_zeros();
+    let (Some(lo), Some(hi)) = (items.iter().map(&time).min(), items.iter().map(&time).max())
+    else {
+        return;
+    };
+    if items.len() >= RADIX_FROM || (hi.wrapping_sub(lo) as u64) >> (64 - PLACE) != 0 {
+        items.sort_by_key(time);
+        return;
+    }
+    let mut keys: Vec<u64> = (0u64..)
+        .zip(items.iter())
+        .map(|(i, x)| (time(x).wrapping_sub(lo) as u64) << PLACE | i)
+        .collect();
+    keys.sort_unstable();
+    let place = (1u64 << PLACE) - 1;
+    *items = keys.iter().map(|k| items[(k & place) as usize]).collect();
+}
+
+/// Orders each run of items of one time in `items` (sorted by `time`) by
+/// `cmp`: with [`sort_packed`], a sort by time and then `cmp` that
+/// compares the rest only where times tie.
+pub(crate) fn sort_ties<T>(
+    items: &mut [T],
+    time: impl Fn(&T) -> Nanos,
+    mut cmp: impl FnMut(&T, &T) -> Ordering,
+) {
+    let mut rest = items;
+    while let Some(first) = rest.first() {
+        let t = time(first);
+        let n = rest.iter().position(|x| time(x) != t).unwrap_or(rest.len());
+        let (tie, after) = rest.split_at_mut(n);
+        if n > 1 {
+            tie.sort_unstable_by(&mut cmp);
+        }
+        rest = after;
     }
 }
 

@@ -639,6 +639,12 @@ fn timeline_columns_average_the_profile() {
     );
 }
 
+/// `base` plus the top `bits` bits of `x`: times `bits` bits apart at most.
+fn spread(base: Nanos, bits: u32, x: u64) -> Nanos {
+    let off = if bits == 0 { 0 } else { x >> (64 - bits) };
+    base.wrapping_add(off as i64)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// The radix sort of long event lists orders them as a stable sort by
@@ -652,8 +658,7 @@ proptest! {
         let events: Vec<(Nanos, Ev)> = picks
             .iter()
             .map(|&(x, k)| {
-                let off = if spread_bits == 0 { 0 } else { x >> (64 - spread_bits) };
-                let t = base.wrapping_add(off as i64);
+                let t = spread(base, spread_bits, x);
                 let e = match k {
                     0 => Ev::QueueIn,
                     1 => Ev::QueueOut,
@@ -669,6 +674,42 @@ proptest! {
         want.sort_by_key(|e| e.0);
         let mut got = events;
         sort_by_time(&mut got);
+        prop_assert_eq!(got, want);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Short lists sort as a stable sort by time does: packed into words
+    /// when their times span less than 2^52 ns, by comparison beyond.
+    #[test]
+    fn short_lists_sort_as_a_stable_sort_by_time(
+        base in any::<i64>(),
+        spread_bits in 0u32..64,
+        picks in prop::collection::vec(any::<u64>(), 0..600),
+    ) {
+        let items: Vec<(Nanos, usize)> = picks
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (spread(base, spread_bits, x), i))
+            .collect();
+        let mut want = items.clone();
+        want.sort_by_key(|e| e.0);
+        let mut got = items;
+        sort_packed(&mut got, |e| e.0);
+        prop_assert_eq!(got, want);
+    }
+
+    /// A sort by time, then each tie by the rest, orders as a sort by both.
+    #[test]
+    fn ties_are_ordered_by_the_rest(
+        picks in prop::collection::vec((0i64..4, any::<u8>()), 0..200),
+    ) {
+        let mut want = picks.clone();
+        want.sort();
+        let mut got = picks;
+        sort_packed(&mut got, |e| e.0);
+        sort_ties(&mut got, |e| e.0, |a, b| a.1.cmp(&b.1));
         prop_assert_eq!(got, want);
     }
 }
