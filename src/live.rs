@@ -19,7 +19,7 @@ use crate::join::{FastHash, RunState};
 use crate::model::{duration_secs, Cause, Nanos, Observation, Request, SpanRef, Stamp};
 use crate::report::{RunReport, Stats, WindowReport};
 use crate::window::{
-    in_flight_interval, queued_interval, window_reports, windows_among, windows_cover,
+    in_flight_interval, queued_interval, reports_of, window_reports, windows_among, windows_cover,
     windows_overlapping, Counts, Derived, Drawing, Ev, GapInterval, Ledger, Segment, SweepState,
     TimelinePoint, WindowConfig,
 };
@@ -178,6 +178,81 @@ struct LiveRun {
     /// kept in a checkpoint: a restored run looks at every open request.
     #[serde(skip)]
     settled: usize,
+    /// The counted requests' counts and longest in flight by step slice
+    /// (see [`SliceSums`]); `None` until built, and after a checkpoint.
+    #[serde(skip)]
+    sums: Option<SliceSums>,
+}
+
+/// A request's in-flight time and span, as the longest in flight is chosen
+/// (the longest time wins, then the smallest span).
+type Longest = (Nanos, std::cmp::Reverse<SpanRef>);
+
+/// What `r` is chosen by as the longest in flight, if it was in flight.
+fn longest_key(r: &Request, run_end: Nanos) -> Option<Longest> {
+    in_flight_interval(r, run_end).map(|(lo, hi)| (hi - lo, std::cmp::Reverse(r.span)))
+}
+
+/// The most step slices [`SliceSums`] holds: beyond (a run's counted
+/// requests that far apart) windows are counted from the requests.
+const MAX_SUM_SLICES: usize = 1 << 16;
+
+/// What the windows not final yet take of a run's counted requests, by the
+/// step slice of their release from slice `from` on: their counts and the
+/// longest in flight. A request is added once, as it is counted, so a
+/// finalization sums a window's slices instead of walking every request it
+/// holds. Kept while no counted request is merged into (the run's touched
+/// list stays empty): otherwise rebuilt from the open requests.
+#[derive(Clone, Debug, Default)]
+struct SliceSums {
+    from: i64,
+    slices: VecDeque<(Counts, Option<Longest>)>,
+}
+
+impl SliceSums {
+    /// Adds counted request `r`, released at `t`; `false` when its slice
+    /// lies too far from the first.
+    fn add(&mut self, r: &Request, t: Nanos, run_end: Nanos, step: Nanos) -> bool {
+        let Ok(at) = usize::try_from(t.div_euclid(step).saturating_sub(self.from)) else {
+            // Before the windows not final: counted in none of them.
+            return true;
+        };
+        if at >= MAX_SUM_SLICES {
+            return false;
+        }
+        if at >= self.slices.len() {
+            self.slices.resize(at + 1, (Counts::default(), None));
+        }
+        let (counts, longest) = &mut self.slices[at];
+        counts.add(r);
+        *longest = (*longest).max(longest_key(r, run_end));
+        true
+    }
+
+    /// Window `k` of `n` slices: the counts of the requests released in it
+    /// and the one with the longest in-flight time.
+    fn window(&self, k: i64, n: i64) -> (Counts, Option<SpanRef>) {
+        let mut counts = Counts::default();
+        let mut best: Option<Longest> = None;
+        for j in k.max(self.from)..k + n {
+            let Some((c, l)) = usize::try_from(j - self.from)
+                .ok()
+                .and_then(|at| self.slices.get(at))
+            else {
+                break;
+            };
+            counts.merge(c);
+            best = best.max(*l);
+        }
+        (counts, best.map(|(_, std::cmp::Reverse(s))| s))
+    }
+
+    /// Forgets the slices before `k`.
+    fn drop_before(&mut self, k: i64) {
+        let n = usize::try_from(k.saturating_sub(self.from)).unwrap_or(0);
+        self.slices.drain(..n.min(self.slices.len()));
+        self.from = self.from.max(k);
+    }
 }
 
 /// Bits of [`Request::swept`]: the sweep events already swept past.
@@ -594,6 +669,7 @@ impl LiveRun {
             sweep: None,
             ledger: None,
             settled: 0,
+            sums: None,
         }
     }
 }
@@ -1166,6 +1242,8 @@ impl Engine {
             ),
         };
         let (open, reqs, touched) = run.join.open_mut();
+        // A request counted before may have changed since.
+        let merged = !touched.is_empty();
         let mut settled = run.settled.min(open.len());
         // What the sweep may take something of: the open requests after the
         // settled prefix, and those of the prefix merged into since, in
@@ -1225,6 +1303,52 @@ impl Engine {
         let Some(p) = run.ledger.as_mut() else {
             return out;
         };
+        // The end of the slices final after this call.
+        let counted_until = if sfirst <= slast {
+            Some(slast + 1)
+        } else {
+            run.next_slice
+        }
+        .map_or(i64::MIN, |k| k.saturating_mul(w.step));
+        // Released before the counted slices end, each once; in release
+        // order, then by span, then as joined (`open` is in join order):
+        // small keys are sorted, not the records.
+        // (The settled prefix is counted already.)
+        let mut counted: Vec<(Nanos, SpanRef, u32)> =
+            Vec::with_capacity((open.len() - settled).min(4096));
+        for &i in &open[settled..] {
+            let r = &mut reqs[i as usize];
+            let Some(t) = r.get(Stamp::Released) else {
+                continue;
+            };
+            if !r.counted() && (wm.is_none() || t < counted_until) {
+                r.set_counted();
+                counted.push((t, r.span, i));
+            }
+        }
+        // The windows' sums: with the requests counted now, or all counted
+        // again after a merge into one of them.
+        let sums_kept = match run.sums.as_mut() {
+            Some(sums) if !merged => counted
+                .iter()
+                .all(|&(t, _, i)| sums.add(&reqs[i as usize], t, run_end, w.step)),
+            _ => {
+                let sums = run.sums.insert(SliceSums {
+                    from,
+                    slices: VecDeque::new(),
+                });
+                open.iter().all(|&i| {
+                    let r = &reqs[i as usize];
+                    match r.get(Stamp::Released) {
+                        Some(t) if r.counted() => sums.add(r, t, run_end, w.step),
+                        _ => true,
+                    }
+                })
+            }
+        };
+        if !sums_kept {
+            run.sums = None;
+        }
         // The requests still open, in no particular order.
         let open_reqs: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
 
@@ -1253,8 +1377,20 @@ impl Engine {
         }
         let queued = Queued::of(&open_reqs, gaps, run_end, asked);
         if from <= to {
-            let reports = window_reports(|a, b, c| p.stats(a, b, c), &open_reqs, from, to, &w);
-            let longest = longest_in_flight(&open_reqs, from, to, &w, run_end);
+            let stats = |a, b, c: &Counts| p.stats(a, b, c);
+            let (reports, longest) = match &run.sums {
+                // A window is whole slices: the sum of theirs.
+                Some(sums) if w.window % w.step == 0 => {
+                    let (counts, longest): (Vec<Counts>, Vec<Option<SpanRef>>) = (from..=to)
+                        .map(|k| sums.window(k, w.window / w.step))
+                        .unzip();
+                    (reports_of(stats, &counts, from, &w), longest)
+                }
+                _ => (
+                    window_reports(stats, &open_reqs, from, to, &w),
+                    longest_in_flight(&open_reqs, from, to, &w, run_end),
+                ),
+            };
             out.windows.reserve_exact(reports.len());
             for ((k, rep), longest) in (from..=to).zip(reports).zip(longest) {
                 let (ws, we) = (k * w.step, k * w.step + w.window);
@@ -1290,9 +1426,9 @@ impl Engine {
         if sfirst <= slast {
             run.next_slice = Some(slast + 1);
         }
-        let counted_until = run
-            .next_slice
-            .map_or(i64::MIN, |k| k.saturating_mul(w.step));
+        if let Some(sums) = run.sums.as_mut() {
+            sums.drop_before(next_window);
+        }
         out.gaps.reserve_exact(new_gaps.len());
         for g in new_gaps {
             out.gaps.push(FinalGap {
@@ -1311,22 +1447,6 @@ impl Engine {
             // The timeline before the frontier is no longer needed (but
             // for a gap still going on there).
             p.drop_before(frontier);
-        }
-        // Released before the counted slices end, each once; in release
-        // order, then by span, then as joined (`open` is in join order):
-        // small keys are sorted, not the records.
-        // (The settled prefix is counted already.)
-        let mut counted: Vec<(Nanos, SpanRef, u32)> =
-            Vec::with_capacity((open.len() - settled).min(4096));
-        for &i in &open[settled..] {
-            let r = &mut reqs[i as usize];
-            let Some(t) = r.get(Stamp::Released) else {
-                continue;
-            };
-            if !r.counted() && (wm.is_none() || t < counted_until) {
-                r.set_counted();
-                counted.push((t, r.span, i));
-            }
         }
         while open
             .get(settled)
@@ -1643,8 +1763,7 @@ fn longest_in_flight(
     cfg: &WindowConfig,
     run_end: Nanos,
 ) -> Vec<Option<SpanRef>> {
-    let mut best: Vec<Option<(Nanos, std::cmp::Reverse<SpanRef>)>> =
-        vec![None; usize::try_from(last - first + 1).unwrap_or(0)];
+    let mut best: Vec<Option<Longest>> = vec![None; usize::try_from(last - first + 1).unwrap_or(0)];
     for r in reqs {
         let Some(t) = r.get(Stamp::Released) else {
             continue;
@@ -1653,15 +1772,12 @@ fn longest_in_flight(
         if a > b {
             continue;
         }
-        let Some((lo, hi)) = in_flight_interval(r, run_end) else {
+        let Some(key) = longest_key(r, run_end) else {
             continue;
         };
-        let key = (hi - lo, std::cmp::Reverse(r.span));
         for k in a..=b {
             let slot = &mut best[(k - first) as usize];
-            if slot.is_none_or(|b| key > b) {
-                *slot = Some(key);
-            }
+            *slot = (*slot).max(Some(key));
         }
     }
     best.into_iter()

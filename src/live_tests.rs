@@ -796,9 +796,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
     /// The settled prefix of a run's open requests changes no output: an
     /// engine restored from a checkpoint before every tick (which looks at
-    /// every open request again) makes the same outputs, also when late
-    /// spans give swept and counted requests a queue or an admission they
-    /// did not have.
+    /// every open request again, and sums the windows' slices again) makes
+    /// the same outputs, also when late spans give swept and counted
+    /// requests a queue or an admission they did not have, and more output
+    /// tokens.
     #[test]
     fn the_settled_prefix_changes_no_output(
         reqs in prop::collection::vec((0u32..40, 1u32..30, 1u32..60, 0u8..3, 0usize..6), 1..50),
@@ -832,18 +833,25 @@ proptest! {
         let a = Engine::new(lc.clone());
         let mut b = Engine::new(lc.clone());
         let c = Clock(Instant::now());
-        let span = |(i, st): TestSpan| obs_cap("p", &i.to_string(), st, 2);
+        // A late span reports more tokens than the first (the most wins).
+        let span = |(i, st): TestSpan, tokens: u64| {
+            let mut e = obs_cap("p", &i.to_string(), st, 2);
+            if let Extracted::Observation(o) = &mut e {
+                o.output_tokens = Some(tokens);
+            }
+            e
+        };
         let batches: Vec<Vec<TestSpan>> = first
             .chunks(batch)
             .map(|ch| ch.iter().map(|x| x.1).collect())
             .collect();
         let mut outs = (Vec::new(), Vec::new());
         for (n, spans) in batches.iter().enumerate() {
-            let mut spans = spans.clone();
-            spans.extend(later.iter().filter(|(d, _)| n == d + 1).map(|x| x.1));
+            let mut spans: Vec<(TestSpan, u64)> = spans.iter().map(|&s| (s, 10)).collect();
+            spans.extend(later.iter().filter(|(d, _)| n == d + 1).map(|x| (x.1, 25)));
             let now = c.at(n as u64);
-            a.ingest(spans.iter().map(|&s| span(s)).collect(), now).unwrap();
-            b.ingest(spans.iter().map(|&s| span(s)).collect(), now).unwrap();
+            a.ingest(spans.iter().map(|&(s, k)| span(s, k)).collect(), now).unwrap();
+            b.ingest(spans.iter().map(|&(s, k)| span(s, k)).collect(), now).unwrap();
             let json = serde_json::to_string(&b.snapshot()).unwrap();
             b = Engine::new(lc.clone());
             b.restore(serde_json::from_str(&json).unwrap());

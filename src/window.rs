@@ -990,6 +990,15 @@ impl Counts {
         }
         self.retries = self.retries.saturating_add(r.retry_count().unwrap_or(0));
     }
+
+    /// Adds the counts of other requests.
+    pub fn merge(&mut self, o: &Counts) {
+        self.requests += o.requests;
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.retries = self.retries.saturating_add(o.retries);
+    }
 }
 
 /// Window `k` is `[k·S, k·S + W)`; the windows overlapping `[lo, hi)` are
@@ -1064,8 +1073,20 @@ pub fn window_reports(
             counts[(k - first) as usize].add(r);
         }
     }
-    (first..=last)
-        .zip(&counts)
+    reports_of(stats, &counts, first, cfg)
+}
+
+/// The reports of windows `first..`, one for each of `counts` (the
+/// requests released in the window): `stats` of each window's range with
+/// its counts.
+pub fn reports_of(
+    stats: impl Fn(Nanos, Nanos, &Counts) -> Stats,
+    counts: &[Counts],
+    first: i64,
+    cfg: &WindowConfig,
+) -> Vec<WindowReport> {
+    (first..)
+        .zip(counts)
         .map(|(k, c)| {
             let ws = k * cfg.step;
             let we = ws + cfg.window;
