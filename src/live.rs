@@ -1217,9 +1217,15 @@ impl Engine {
             ),
             None => (last, (run_end - 1).div_euclid(w.step), i64::MAX),
         };
-        let from = run.next_window.unwrap_or(first).max(first);
+        // At most `max_windows` windows and as many step slices become
+        // final at once, the latest (the offline report keeps the latest
+        // windows too): a span dated centuries away from the rest of its
+        // run cannot make it sweep and emit every window between.
+        let most = i64::try_from(w.max_windows.max(1)).unwrap_or(i64::MAX) - 1;
         let to = wlast.min(last);
-        let sfirst = run.next_slice.unwrap_or(run_start.div_euclid(w.step));
+        let from = (run.next_window.unwrap_or(first).max(first)).max(to.saturating_sub(most));
+        let sfirst = (run.next_slice.unwrap_or(run_start.div_euclid(w.step)))
+            .max(slast.saturating_sub(most));
         let next_window = if from <= to { to + 1 } else { from };
         let next_slice = if sfirst <= slast { slast + 1 } else { sfirst };
         // The new frontier: the start of the first window or slice not final.
@@ -1288,7 +1294,9 @@ impl Engine {
                 p.reserve(events.len() + 2);
             }
             let ledger = run.ledger.get_or_insert_with(Ledger::default);
-            let state = ledger.extend(init, events, until, &w, |s| {
+            // The stats asked of it start at the first window or slice final now.
+            let asked_from = from.min(sfirst).saturating_mul(w.step);
+            let state = ledger.extend(init, events, until, asked_from, &w, |s| {
                 if let Some(p) = pieces.as_mut() {
                     p.push(*s);
                 }

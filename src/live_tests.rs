@@ -865,3 +865,56 @@ proptest! {
         prop_assert_eq!(outs.0, outs.1);
     }
 }
+
+/// A span dated a century after the rest of its run makes the latest
+/// `max_windows` windows final, as the offline report keeps them, instead
+/// of sweeping and emitting the three hundred million windows between.
+#[test]
+fn a_span_a_century_away_makes_only_the_latest_windows_final() {
+    let century = 100.0 * 365.0 * 86_400.0;
+    let lc = LiveConfig {
+        window: WindowConfig {
+            max_windows: 50,
+            ..cfg(10, 10, 5).window
+        },
+        ..cfg(10, 10, 5)
+    };
+    let (e, c) = fed(
+        lc,
+        vec![
+            obs("r", "a", Some(0.0), Some(1.0), Some(3.0)),
+            obs(
+                "r",
+                "b",
+                Some(century),
+                Some(century + 1.0),
+                Some(century + 3.0),
+            ),
+            obs(
+                "r",
+                "c",
+                Some(century + 100.0),
+                Some(century + 101.0),
+                Some(century + 107.0),
+            ),
+        ],
+    );
+    let outs = e.tick(c.at(0), false);
+    let starts = window_starts(&outs);
+    // The watermark is 5 s before the last release (century + 107 s): the
+    // last final window is [century + 90, century + 100), and the 49
+    // before it.
+    let last = (century as i64 + 90) / 10 * 10;
+    assert_eq!(starts.len(), 50);
+    assert_eq!(starts.first(), Some(&(last - 490)));
+    assert_eq!(starts.last(), Some(&last));
+    let slices: usize = outs.iter().map(|o| o.slices.len()).sum();
+    assert_eq!(slices, 50);
+    // Request b (released at century + 3 s) is counted in its window.
+    let b = outs
+        .iter()
+        .flat_map(|o| &o.windows)
+        .find(|w| (w.start - T0) / SEC == (century as i64) / 10 * 10)
+        .unwrap();
+    assert_eq!(b.report.stats.requests, 1);
+}

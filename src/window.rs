@@ -707,12 +707,14 @@ impl Ledger {
     /// Sweeps on from `init` (the state where this ledger ends, or where a
     /// new one starts) over `[init.at, end)`, as [`Profile::build`] sweeps
     /// (`events` as there, none before `init.at`), and returns the state at
-    /// `end`. Each piece is also handed to `piece`.
+    /// `end`. Each piece is also handed to `piece`. Bounds before
+    /// `asked_from` get no mark: no stats are asked there.
     pub fn extend(
         &mut self,
         init: SweepState,
         events: Vec<(Nanos, Ev)>,
         end: Nanos,
+        asked_from: Nanos,
         cfg: &WindowConfig,
         mut piece: impl FnMut(&Segment),
     ) -> SweepState {
@@ -724,9 +726,9 @@ impl Ledger {
                 Acc::default()
             }
         };
-        let mut bound = next_bound(init.at, cfg);
+        let mut bound = next_bound(init.at.max(asked_from.saturating_sub(1)), cfg);
         // Two bounds a step at most (window starts and ends), and the end.
-        let bounds = (end - init.at) / cfg.step.max(1) * 2 + 3;
+        let bounds = (end - bound).max(0) / cfg.step.max(1) * 2 + 3;
         self.marks
             .reserve(usize::try_from(bounds).unwrap_or(0).min(1 << 12));
         let (marks, gaps) = (&mut self.marks, &mut self.gaps);
