@@ -262,9 +262,6 @@ const SWEPT_ADMIT: u8 = 4;
 const SWEPT_RELEASE: u8 = 8;
 const SWEPT_CAP: u8 = 16;
 
-/// An event's time, its request and its [`Request::swept`] bit.
-type Mark = (Nanos, u32, u8);
-
 /// Each sweep event of `r` the sweep has not taken yet, as its
 /// [`Request::swept`] bit, its time and the event; an interval that started
 /// and no longer exists ends at `from`.
@@ -328,8 +325,9 @@ fn settled(r: &Request) -> bool {
 }
 
 /// The sweep events in `[from, until)` of the open requests of a run, each
-/// with the request and bit it marks once swept. An event not swept yet but
-/// dated before `from` (a late span) takes effect at `from`.
+/// marked swept on its request (the sweep of the events follows at once).
+/// An event not swept yet but dated before `from` (a late span) takes
+/// effect at `from`.
 ///
 /// `steady`: the cap the sweep holds at `from` when no other value can
 /// come from elsewhere (the run's loose caps). When every cap of these
@@ -337,16 +335,15 @@ fn settled(r: &Request) -> bool {
 /// they are marked swept without being swept (most runs have one cap).
 fn open_events(
     open: &[u32],
-    reqs: &crate::join::Requests,
+    reqs: &mut crate::join::Requests,
     run_end: Nanos,
     from: Nanos,
     until: Nanos,
     steady: Option<u32>,
-) -> (Vec<(Nanos, Ev)>, Vec<Mark>) {
+) -> Vec<(Nanos, Ev)> {
     // Up to five events a request: both ends of its two intervals and its cap.
     let mut events = Vec::with_capacity(open.len() * 5);
-    let mut marks = Vec::with_capacity(open.len() * 5);
-    let mut caps: Vec<(u32, Nanos, u32, u32)> = Vec::with_capacity(open.len());
+    let mut caps: Vec<(u32, Nanos, u32)> = Vec::with_capacity(open.len());
     for &i in open {
         let r = &reqs[i as usize];
         // Every event of a request is at one of its timestamps or at the
@@ -355,30 +352,30 @@ fn open_events(
         if r.swept == 0 && r.stamps.bounds().is_some_and(|(lo, _)| lo >= until) {
             continue;
         }
+        let mut swept = 0;
         unswept(r, run_end, from, |bit, t, e| {
             let t = t.max(from);
             if t >= until {
                 return;
             }
+            swept |= bit;
             match e {
-                Ev::Cap { order, value } => caps.push((order, t, value, i)),
-                e => {
-                    events.push((t, e));
-                    marks.push((t, i, bit));
-                }
+                Ev::Cap { order, value } => caps.push((order, t, value)),
+                e => events.push((t, e)),
             }
         });
+        reqs[i as usize].swept |= swept;
     }
-    let sweep = !steady.is_some_and(|v| caps.iter().all(|c| c.2 == v));
-    for (seq, t, value, i) in caps {
-        if sweep {
-            // At one instant the cap received last wins, whether a request
-            // or a loose cap carried it: `order` is the receive order.
-            events.push((t, Ev::Cap { order: seq, value }));
-        }
-        marks.push((t, i, SWEPT_CAP));
+    // Their caps are marked swept though not swept when they change nothing.
+    if !steady.is_some_and(|v| caps.iter().all(|c| c.2 == v)) {
+        // At one instant the cap received last wins, whether a request or a
+        // loose cap carried it: `order` is the receive order.
+        events.extend(
+            caps.into_iter()
+                .map(|(order, t, value)| (t, Ev::Cap { order, value })),
+        );
     }
-    (events, marks)
+    events
 }
 
 /// A finished run kept for the API: its report (with the windows it
@@ -1269,7 +1266,7 @@ impl Engine {
             let steady = init
                 .cap
                 .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
-            let (mut events, marks) = open_events(&visit, reqs, run_end, sweep_from, until, steady);
+            let mut events = open_events(&visit, reqs, run_end, sweep_from, until, steady);
             if first_sweep {
                 // Caps at the run's start are in the initial state.
                 events.retain(|e| !matches!(e.1, Ev::Cap { .. }) || e.0 > sweep_from);
@@ -1301,9 +1298,6 @@ impl Engine {
                     p.push(*s);
                 }
             });
-            for &(_, i, bit) in &marks {
-                reqs[i as usize].swept |= bit;
-            }
             run.sweep = Some(state);
         } else {
             run.sweep = Some(init);
@@ -1679,11 +1673,19 @@ impl<'a> Queued<'a> {
         // The gaps meeting `asked`: a request waiting in another gap only
         // is never asked about.
         let gaps = gaps_meeting(gaps, lo, hi);
+        // Only those waiting in one of them (the first gap ending after a
+        // request's queue starts is the one it may wait in).
+        let waits = |&(a, b): &(Nanos, Nanos)| {
+            a < hi && b > lo && {
+                let g = gaps.partition_point(|x| x.end <= a);
+                gaps.get(g).is_some_and(|x| x.start < b)
+            }
+        };
         let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::new();
         if !gaps.is_empty() {
             q.extend(reqs.iter().filter_map(|&r| {
                 queued_interval(r, run_end)
-                    .filter(|&(a, b)| a < hi && b > lo)
+                    .filter(waits)
                     .map(|(a, b)| (a, b, r))
             }));
         }
@@ -1695,15 +1697,6 @@ impl<'a> Queued<'a> {
             |x| x.0,
             |x, y| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)),
         );
-        // Only those waiting in a gap: in order of their start, the first
-        // gap ending after it only moves forward.
-        let mut g = 0;
-        q.retain(|&(a, b, _)| {
-            while gaps.get(g).is_some_and(|x| x.end <= a) {
-                g += 1;
-            }
-            gaps.get(g).is_some_and(|x| x.start < b)
-        });
         let reach = q
             .iter()
             .scan(Nanos::MIN, |m, &(_, b, _)| {
