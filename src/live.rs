@@ -1352,7 +1352,8 @@ impl Engine {
             run.sums = None;
         }
         // The requests still open, in no particular order.
-        let open_reqs: Vec<&Request> = open.iter().map(|&i| &reqs[i as usize]).collect();
+        let reqs = &*reqs;
+        let open_reqs = || open.iter().map(|&i| &reqs[i as usize]);
 
         let gaps = p.gaps();
         // The gaps that end now (ends only grow: a run of them). A gap
@@ -1377,7 +1378,7 @@ impl Engine {
             let (lo, hi) = windows_cover(from, to, &w);
             asked = (asked.0.min(lo), asked.1.max(hi));
         }
-        let queued = Queued::of(&open_reqs, gaps, run_end, asked);
+        let queued = Queued::of(open_reqs(), gaps, run_end, asked);
         if from <= to {
             let stats = |a, b, c: &Counts| p.stats(a, b, c);
             let (reports, longest) = match &run.sums {
@@ -1388,10 +1389,13 @@ impl Engine {
                         .unzip();
                     (reports_of(stats, &counts, from, &w), longest)
                 }
-                _ => (
-                    window_reports(stats, &open_reqs, from, to, &w),
-                    longest_in_flight(&open_reqs, from, to, &w, run_end),
-                ),
+                _ => {
+                    let open_reqs: Vec<&Request> = open_reqs().collect();
+                    (
+                        window_reports(stats, &open_reqs, from, to, &w),
+                        longest_in_flight(&open_reqs, from, to, &w, run_end),
+                    )
+                }
             };
             out.windows.reserve_exact(reports.len());
             for ((k, rep), longest) in (from..=to).zip(reports).zip(longest) {
@@ -1444,7 +1448,7 @@ impl Engine {
         if let Some(g) = out.gaps.last() {
             run.gaps_done_until = g.end;
         }
-        drop((open_reqs, queued));
+        drop(queued);
         if wm.is_some() {
             // The timeline before the frontier is no longer needed (but
             // for a gap still going on there).
@@ -1664,7 +1668,7 @@ impl<'a> Queued<'a> {
     /// overlaps `asked` (every range [`Queued::within`] will be asked
     /// about lies in it) is kept.
     fn of(
-        reqs: &[&'a Request],
+        reqs: impl Iterator<Item = &'a Request>,
         gaps: &[GapInterval],
         run_end: Nanos,
         asked: (Nanos, Nanos),
@@ -1683,7 +1687,7 @@ impl<'a> Queued<'a> {
         };
         let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::new();
         if !gaps.is_empty() {
-            q.extend(reqs.iter().filter_map(|&r| {
+            q.extend(reqs.filter_map(|r| {
                 queued_interval(r, run_end)
                     .filter(waits)
                     .map(|(a, b)| (a, b, r))

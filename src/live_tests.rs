@@ -555,7 +555,7 @@ proptest! {
             .map(|c| GapInterval { start: c[0], end: c[1], max_queue_depth: 0, by_cause: [0; 3] })
             .collect();
         let run_end = 100;
-        let queued = Queued::of(&refs, &gaps, run_end, (i64::MIN, i64::MAX));
+        let queued = Queued::of(refs.iter().copied(), &gaps, run_end, (i64::MIN, i64::MAX));
         for g in &gaps {
             for (start, end) in [(g.start, g.end), (g.start, (g.start + g.end) / 2 + 1)] {
                 let mut want: Vec<&Request> = refs
@@ -567,7 +567,7 @@ proptest! {
                 let want: Vec<SpanRef> = want.iter().take(MAX_EXEMPLARS).map(|r| r.span).collect();
                 prop_assert_eq!(&queued.within(start, end)[..], &want[..]);
                 // Built for only this range, the same.
-                let only = Queued::of(&refs, &gaps, run_end, (start, end));
+                let only = Queued::of(refs.iter().copied(), &gaps, run_end, (start, end));
                 prop_assert_eq!(&only.within(start, end)[..], &want[..]);
             }
         }
