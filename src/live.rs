@@ -1677,19 +1677,13 @@ impl<'a> Queued<'a> {
         // The gaps meeting `asked`: a request waiting in another gap only
         // is never asked about.
         let gaps = gaps_meeting(gaps, lo, hi);
-        // Only those waiting in one of them (the first gap ending after a
-        // request's queue starts is the one it may wait in).
-        let waits = |&(a, b): &(Nanos, Nanos)| {
-            a < hi && b > lo && {
-                let g = gaps.partition_point(|x| x.end <= a);
-                gaps.get(g).is_some_and(|x| x.start < b)
-            }
-        };
         let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::new();
-        if !gaps.is_empty() {
+        if let (Some(first), Some(last)) = (gaps.first(), gaps.last()) {
+            // Waiting within the gaps' stretch, or in none of them.
+            let (lo, hi) = (lo.max(first.start), hi.min(last.end));
             q.extend(reqs.filter_map(|r| {
                 queued_interval(r, run_end)
-                    .filter(waits)
+                    .filter(|&(a, b)| a < hi && b > lo)
                     .map(|(a, b)| (a, b, r))
             }));
         }
@@ -1701,6 +1695,15 @@ impl<'a> Queued<'a> {
             |x| x.0,
             |x, y| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)),
         );
+        // Only those waiting in a gap: in order of their start, the first
+        // gap ending after it only moves forward.
+        let mut g = 0;
+        q.retain(|&(a, b, _)| {
+            while gaps.get(g).is_some_and(|x| x.end <= a) {
+                g += 1;
+            }
+            gaps.get(g).is_some_and(|x| x.start < b)
+        });
         let reach = q
             .iter()
             .scan(Nanos::MIN, |m, &(_, b, _)| {
