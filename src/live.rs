@@ -266,47 +266,45 @@ const SWEPT_CAP: u8 = 16;
 /// [`Request::swept`] bit, its time and the event; an interval that started
 /// and no longer exists ends at `from`.
 fn unswept(r: &Request, run_end: Nanos, from: Nanos, mut each: impl FnMut(u8, Nanos, Ev)) {
-    let mut push = |bit: u8, t: Nanos, e: Ev| {
-        if r.swept & bit == 0 {
-            each(bit, t, e);
-        }
-    };
-    let pair = [
-        (
-            queued_interval(r, run_end).map(|(a, b)| (a, b, Ev::QueueOut)),
-            SWEPT_QUEUE_IN,
-            SWEPT_QUEUE_OUT,
-            Ev::QueueIn,
-            Ev::QueueOut,
-        ),
-        (
-            in_flight_interval(r, run_end).map(|(a, b)| (a, b, Ev::Release { slot: b < run_end })),
-            SWEPT_ADMIT,
-            SWEPT_RELEASE,
-            Ev::Admit,
-            Ev::Release { slot: false },
-        ),
-    ];
-    for (interval, start_bit, end_bit, start_ev, stale_end) in pair {
-        match interval {
-            // An end swept past means the start was too.
-            Some(_) if r.swept & end_bit != 0 => {}
-            Some((a, b, end_ev)) => {
-                push(start_bit, a, start_ev);
-                push(end_bit, b, end_ev);
+    let swept = r.swept;
+    // An interval's events: its start and end, by their bits.
+    let mut interval =
+        |iv: Option<(Nanos, Nanos)>, bits: (u8, u8), evs: (Ev, Ev), stale_end: Ev| {
+            match iv {
+                // An end swept past means the start was too.
+                Some(_) if swept & bits.1 != 0 => {}
+                Some((a, b)) => {
+                    if swept & bits.0 == 0 {
+                        each(bits.0, a, evs.0);
+                    }
+                    each(bits.1, b, evs.1);
+                }
+                // An interval that started and no longer exists ends now.
+                None if swept & bits.0 != 0 => each(bits.1, from, stale_end),
+                None => {}
             }
-            // An interval that started and no longer exists ends now.
-            None if r.swept & start_bit != 0 => push(end_bit, from, stale_end),
-            None => {}
-        }
-    }
-    if r.cap != crate::model::NONE {
+        };
+    interval(
+        queued_interval(r, run_end),
+        (SWEPT_QUEUE_IN, SWEPT_QUEUE_OUT),
+        (Ev::QueueIn, Ev::QueueOut),
+        Ev::QueueOut,
+    );
+    let flight = in_flight_interval(r, run_end);
+    let slot = flight.is_some_and(|(_, b)| b < run_end);
+    interval(
+        flight,
+        (SWEPT_ADMIT, SWEPT_RELEASE),
+        (Ev::Admit, Ev::Release { slot }),
+        Ev::Release { slot: false },
+    );
+    if r.cap != crate::model::NONE && swept & SWEPT_CAP == 0 {
         if let Some(t) = crate::join::cap_time(r) {
             let cap = Ev::Cap {
                 order: r.cap_seq,
                 value: r.cap,
             };
-            push(SWEPT_CAP, t, cap);
+            each(SWEPT_CAP, t, cap);
         }
     }
 }

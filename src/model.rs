@@ -133,13 +133,14 @@ impl Stamps {
     /// end-like stamp win); idempotent and commutative.
     pub fn merge(&mut self, other: &Stamps) {
         for s in Stamp::ALL {
-            let v = match (self.get(s), other.get(s)) {
-                (Some(a), Some(b)) => s.merge(a, b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => continue,
+            let (a, b) = (self.0[s as usize], other.0[s as usize]);
+            self.0[s as usize] = if a == NO_STAMP {
+                b
+            } else if b == NO_STAMP {
+                a
+            } else {
+                s.merge(a, b)
             };
-            self.0[s as usize] = v;
         }
     }
 }
