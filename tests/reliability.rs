@@ -432,3 +432,62 @@ async fn a_malformed_span_refuses_its_whole_request() {
     checks.expect("checks");
     server.stop().await;
 }
+
+/// Spans of one run dated two centuries apart (1973 and 2191, both inside
+/// the accepted 1970–2200): the run's watermark jumps over some 690
+/// million 10 s windows. `tpsgap serve` makes only the latest 100,000 of
+/// them final (as a report keeps them), so its tick finishes, `/metrics`
+/// shows the run's latest window, and the process stays small.
+#[test]
+fn spans_two_centuries_apart_leave_the_server_small() {
+    let server = common::ServeProc::start(Vec::<&str>::new());
+    let span = |id: &str, queued: i64, released: i64, n: u8| {
+        let int =
+            |k: &str, v: i64| serde_json::json!({"key": k, "value": {"intValue": v.to_string()}});
+        serde_json::json!({
+            "traceId": "0000000000000000000000000000abc1",
+            "spanId": format!("{n:016x}"),
+            "name": "llm.request",
+            "startTimeUnixNano": queued.to_string(),
+            "endTimeUnixNano": released.to_string(),
+            "attributes": [
+                {"key": "run_id", "value": {"stringValue": "far"}},
+                {"key": "request_id", "value": {"stringValue": id}},
+                int("queued_at", queued),
+                int("admitted_at", queued + SEC),
+                int("released_at", released),
+                int("cap", 1),
+            ],
+        })
+    };
+    let (t1, t2) = (100_000_005 * SEC, 7_000_000_000 * SEC);
+    let body = serde_json::json!({"resourceSpans": [{"scopeSpans": [{"spans": [
+        span("a", t1, t1 + 3 * SEC, 1),
+        span("b", t2, t2 + 3 * SEC, 2),
+        span("c", t2 + 100 * SEC, t2 + 107 * SEC, 3),
+    ]}]}]});
+    let (code, _, _) = common::http_post(
+        server.http,
+        "/v1/traces",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(code, 200);
+    let final_window = common::wait_for(Duration::from_secs(20), || {
+        let (code, text) = common::http_get(server.api, "/metrics");
+        (code == 200 && text.contains("llm_gap_fraction{run_id=\"far\"")).then_some(())
+    });
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
+        .expect("the server's status");
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS");
+    assert!(
+        final_window.is_some(),
+        "no final window in 20 s:\n{}",
+        server.log()
+    );
+    assert!(rss_kib < 300 * 1024, "the server holds {rss_kib} KiB");
+}
