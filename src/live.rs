@@ -1476,8 +1476,7 @@ impl Engine {
             !self::settled(&reqs[i as usize]) && open[..settled].binary_search(&i).is_ok()
         });
         run.settled = settled;
-        crate::window::sort_packed(&mut counted, |c| c.0);
-        crate::window::sort_ties(&mut counted, |c| c.0, |x, y| (x.1, x.2).cmp(&(y.1, y.2)));
+        crate::window::sort_by_time_then(&mut counted, |c| c.0, |x, y| (x.1, x.2).cmp(&(y.1, y.2)));
         let reqs = run.join.requests();
         out.requests.extend(counted.into_iter().map(|(t, _, i)| {
             let r = &reqs[i as usize];
@@ -1677,7 +1676,8 @@ impl<'a> Queued<'a> {
         let gaps = gaps_meeting(gaps, lo, hi);
         let mut q: Vec<(Nanos, Nanos, &Request)> = Vec::new();
         if let (Some(first), Some(last)) = (gaps.first(), gaps.last()) {
-            // Waiting within the gaps' stretch, or in none of them.
+            // A request that waits outside the stretch from the first gap's
+            // start to the last one's end waits in none of them.
             let (lo, hi) = (lo.max(first.start), hi.min(last.end));
             q.extend(reqs.filter_map(|r| {
                 queued_interval(r, run_end)
@@ -1687,8 +1687,7 @@ impl<'a> Queued<'a> {
         }
         // The queued time is the first timestamp: sorting by it settles
         // almost every pair, and the whole key orders those it ties.
-        crate::window::sort_packed(&mut q, |x| x.0);
-        crate::window::sort_ties(
+        crate::window::sort_by_time_then(
             &mut q,
             |x| x.0,
             |x, y| (x.2.stamps, x.2.span, x.2.key).cmp(&(y.2.stamps, y.2.span, y.2.key)),

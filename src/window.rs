@@ -427,15 +427,15 @@ pub(crate) fn sort_packed<T: Copy>(items: &mut Vec<T>, time: impl Fn(&T) -> Nano
     *items = keys.iter().map(|k| items[(k & place) as usize]).collect();
 }
 
-/// Orders each run of items of one time in `items` (sorted by `time`) by
-/// `cmp`: with [`sort_packed`], a sort by time and then `cmp` that
-/// compares the rest only where times tie.
-pub(crate) fn sort_ties<T>(
-    items: &mut [T],
-    time: impl Fn(&T) -> Nanos,
+/// Sorts `items` by `time` and then `cmp`, which compares only the items
+/// whose times tie: [`sort_packed`], then each run of one time ordered.
+pub(crate) fn sort_by_time_then<T: Copy>(
+    items: &mut Vec<T>,
+    time: impl Fn(&T) -> Nanos + Copy,
     mut cmp: impl FnMut(&T, &T) -> Ordering,
 ) {
-    let mut rest = items;
+    sort_packed(items, time);
+    let mut rest = &mut items[..];
     while let Some(first) = rest.first() {
         let t = time(first);
         let n = rest.iter().position(|x| time(x) != t).unwrap_or(rest.len());

@@ -708,8 +708,7 @@ proptest! {
         let mut want = picks.clone();
         want.sort();
         let mut got = picks;
-        sort_packed(&mut got, |e| e.0);
-        sort_ties(&mut got, |e| e.0, |a, b| a.1.cmp(&b.1));
+        sort_by_time_then(&mut got, |e| e.0, |a, b| a.1.cmp(&b.1));
         prop_assert_eq!(got, want);
     }
 }
