@@ -262,41 +262,58 @@ const SWEPT_ADMIT: u8 = 4;
 const SWEPT_RELEASE: u8 = 8;
 const SWEPT_CAP: u8 = 16;
 
+/// The events of one interval of a request (`swept`: its bits) not taken
+/// yet: its start and end, by their bits; one that started and no longer
+/// exists ends at `from`.
+#[inline(always)]
+fn interval_events(
+    swept: u8,
+    from: Nanos,
+    iv: Option<(Nanos, Nanos)>,
+    bits: (u8, u8),
+    evs: (Ev, Ev),
+    stale_end: Ev,
+    each: &mut impl FnMut(u8, Nanos, Ev),
+) {
+    match iv {
+        // An end swept past means the start was too.
+        Some(_) if swept & bits.1 != 0 => {}
+        Some((a, b)) => {
+            if swept & bits.0 == 0 {
+                each(bits.0, a, evs.0);
+            }
+            each(bits.1, b, evs.1);
+        }
+        // An interval that started and no longer exists ends now.
+        None if swept & bits.0 != 0 => each(bits.1, from, stale_end),
+        None => {}
+    }
+}
+
 /// Each sweep event of `r` the sweep has not taken yet, as its
 /// [`Request::swept`] bit, its time and the event; an interval that started
 /// and no longer exists ends at `from`.
 fn unswept(r: &Request, run_end: Nanos, from: Nanos, mut each: impl FnMut(u8, Nanos, Ev)) {
     let swept = r.swept;
-    // An interval's events: its start and end, by their bits.
-    let mut interval =
-        |iv: Option<(Nanos, Nanos)>, bits: (u8, u8), evs: (Ev, Ev), stale_end: Ev| {
-            match iv {
-                // An end swept past means the start was too.
-                Some(_) if swept & bits.1 != 0 => {}
-                Some((a, b)) => {
-                    if swept & bits.0 == 0 {
-                        each(bits.0, a, evs.0);
-                    }
-                    each(bits.1, b, evs.1);
-                }
-                // An interval that started and no longer exists ends now.
-                None if swept & bits.0 != 0 => each(bits.1, from, stale_end),
-                None => {}
-            }
-        };
-    interval(
+    interval_events(
+        swept,
+        from,
         queued_interval(r, run_end),
         (SWEPT_QUEUE_IN, SWEPT_QUEUE_OUT),
         (Ev::QueueIn, Ev::QueueOut),
         Ev::QueueOut,
+        &mut each,
     );
     let flight = in_flight_interval(r, run_end);
     let slot = flight.is_some_and(|(_, b)| b < run_end);
-    interval(
+    interval_events(
+        swept,
+        from,
         flight,
         (SWEPT_ADMIT, SWEPT_RELEASE),
         (Ev::Admit, Ev::Release { slot }),
         Ev::Release { slot: false },
+        &mut each,
     );
     if r.cap != crate::model::NONE && swept & SWEPT_CAP == 0 {
         if let Some(t) = crate::join::cap_time(r) {
