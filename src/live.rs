@@ -1320,13 +1320,9 @@ impl Engine {
         let Some(p) = run.ledger.as_mut() else {
             return out;
         };
-        // The end of the slices final after this call.
-        let counted_until = if sfirst <= slast {
-            Some(slast + 1)
-        } else {
-            run.next_slice
-        }
-        .map_or(i64::MIN, |k| k.saturating_mul(w.step));
+        // The end of the slices final after this call (before a run's
+        // first final slice, its first slice's start: no release is earlier).
+        let counted_until = next_slice.saturating_mul(w.step);
         // Released before the counted slices end, each once; in release
         // order, then by span, then as joined (`open` is in join order):
         // small keys are sorted, not the records.

@@ -368,10 +368,7 @@ fn sort_by_time(events: &mut Vec<(Nanos, Ev)>) {
         events.sort_unstable_by_key(|e| e.0);
         return;
     }
-    let (Some(lo), Some(hi)) = (
-        events.iter().map(|e| e.0).min(),
-        events.iter().map(|e| e.0).max(),
-    ) else {
+    let Some((lo, hi)) = time_range(events, |e| e.0) else {
         return;
     };
     // Offsets from the earliest time fit in 64 bits unsigned.
@@ -403,6 +400,12 @@ fn sort_by_time(events: &mut Vec<(Nanos, Ev)>) {
     }
 }
 
+/// The earliest and latest `time` of `items` (none when empty).
+fn time_range<T>(items: &[T], time: impl Fn(&T) -> Nanos) -> Option<(Nanos, Nanos)> {
+    let lo = items.iter().map(&time).min()?;
+    Some((lo, items.iter().map(time).max()?))
+}
+
 /// Sorts `items` by `time`, stably. A list shorter than [`RADIX_FROM`]
 /// whose times span less than 2^52 ns (52 days) is sorted as one word an
 /// item, the time from the earliest above the item's place, and then put in
@@ -410,8 +413,7 @@ fn sort_by_time(events: &mut Vec<(Nanos, Ev)>) {
 /// of the items (a finalization's sweep events and released requests).
 pub(crate) fn sort_packed<T: Copy>(items: &mut Vec<T>, time: impl Fn(&T) -> Nanos) {
     const PLACE: u32 = RADIX_FROM.trailing_zeros();
-    let (Some(lo), Some(hi)) = (items.iter().map(&time).min(), items.iter().map(&time).max())
-    else {
+    let Some((lo, hi)) = time_range(items, &time) else {
         return;
     };
     if items.len() >= RADIX_FROM || (hi.wrapping_sub(lo) as u64) >> (64 - PLACE) != 0 {
