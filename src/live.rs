@@ -339,15 +339,23 @@ fn settled(r: &Request) -> bool {
     }
 }
 
-/// The sweep events in `[from, until)` of the open requests of a run, each
-/// marked swept on its request (the sweep of the events follows at once).
-/// An event not swept yet but dated before `from` (a late span) takes
-/// effect at `from`.
+/// The released requests a finalization counts: release time, span and
+/// index.
+type Counted = Vec<(Nanos, SpanRef, u32)>;
+
+/// One pass over the requests a finalization may take something of: the
+/// sweep events in `[from, until)` of the open requests `open` of a run,
+/// each marked swept on its request (the sweep of the events follows at
+/// once), and the requests released before `count_until` (all released
+/// ones when `None`: the run ends) not counted yet, marked counted and
+/// added to `counted`. An event not swept yet but dated before `from` (a
+/// late span) takes effect at `from`.
 ///
 /// `steady`: the cap the sweep holds at `from` when no other value can
 /// come from elsewhere (the run's loose caps). When every cap of these
 /// requests has that value too, their cap events would change nothing:
 /// they are marked swept without being swept (most runs have one cap).
+#[allow(clippy::too_many_arguments)]
 fn open_events(
     open: &[u32],
     reqs: &mut crate::join::Requests,
@@ -355,16 +363,24 @@ fn open_events(
     from: Nanos,
     until: Nanos,
     steady: Option<u32>,
+    count_until: Option<Nanos>,
+    counted: &mut Counted,
 ) -> Vec<(Nanos, Ev)> {
     // Up to five events a request: both ends of its two intervals and its cap.
     let mut events = Vec::with_capacity(open.len() * 5);
     let mut caps: Vec<(u32, Nanos, u32)> = Vec::with_capacity(open.len());
     for &i in open {
-        let r = &reqs[i as usize];
+        let r = &mut reqs[i as usize];
+        if let Some(t) = r.get(Stamp::Released) {
+            if !r.counted() && count_until.is_none_or(|c| t < c) {
+                r.set_counted();
+                counted.push((t, r.span, i));
+            }
+        }
         // Every event of a request is at one of its timestamps or at the
         // run's end (no earlier): one the sweep took nothing of that starts
         // at `until` or later has nothing before it.
-        if r.swept == 0 && r.stamps.bounds().is_some_and(|(lo, _)| lo >= until) {
+        if r.swept == 0 && r.stamps.all_from(until) {
             continue;
         }
         let mut swept = 0;
@@ -379,7 +395,7 @@ fn open_events(
                 e => events.push((t, e)),
             }
         });
-        reqs[i as usize].swept |= swept;
+        r.swept |= swept;
     }
     // Their caps are marked swept though not swept when they change nothing.
     if !steady.is_some_and(|v| caps.iter().all(|c| c.2 == v)) {
@@ -1275,13 +1291,29 @@ impl Engine {
         visit.dedup();
         visit.extend_from_slice(&open[settled..]);
         let sweep_from = init.at;
+        // The end of the slices final after this call (before a run's
+        // first final slice, its first slice's start: no release is earlier).
+        let counted_until = next_slice.saturating_mul(w.step);
+        // Released before the counted slices end, each once, found in the
+        // same pass as the events (the settled prefix is counted already).
+        let mut counted: Counted = Vec::with_capacity((open.len() - settled).min(4096));
+        let steady = init
+            .cap
+            .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
+        // (No event is before `until` unless it is after `sweep_from`.)
+        let mut events = open_events(
+            &visit,
+            reqs,
+            run_end,
+            sweep_from,
+            until,
+            steady,
+            wm.map(|_| counted_until),
+            &mut counted,
+        );
         // A run of one instant is swept once, over nothing: its ledger
         // holds its windows (empty, but for its counts), as offline.
         if until > sweep_from || (until == sweep_from && run.ledger.is_none()) {
-            let steady = init
-                .cap
-                .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
-            let mut events = open_events(&visit, reqs, run_end, sweep_from, until, steady);
             if first_sweep {
                 // Caps at the run's start are in the initial state.
                 events.retain(|e| !matches!(e.1, Ev::Cap { .. }) || e.0 > sweep_from);
@@ -1320,25 +1352,6 @@ impl Engine {
         let Some(p) = run.ledger.as_mut() else {
             return out;
         };
-        // The end of the slices final after this call (before a run's
-        // first final slice, its first slice's start: no release is earlier).
-        let counted_until = next_slice.saturating_mul(w.step);
-        // Released before the counted slices end, each once; in release
-        // order, then by span, then as joined (`open` is in join order):
-        // small keys are sorted, not the records.
-        // (The settled prefix is counted already.)
-        let mut counted: Vec<(Nanos, SpanRef, u32)> =
-            Vec::with_capacity((open.len() - settled).min(4096));
-        for &i in &open[settled..] {
-            let r = &mut reqs[i as usize];
-            let Some(t) = r.get(Stamp::Released) else {
-                continue;
-            };
-            if !r.counted() && (wm.is_none() || t < counted_until) {
-                r.set_counted();
-                counted.push((t, r.span, i));
-            }
-        }
         // The windows' sums: with the requests counted now, or all counted
         // again after a merge into one of them.
         let sums_kept = match run.sums.as_mut() {
@@ -1489,6 +1502,8 @@ impl Engine {
             !self::settled(&reqs[i as usize]) && open[..settled].binary_search(&i).is_ok()
         });
         run.settled = settled;
+        // In release order, then by span, then as joined: small keys are
+        // sorted, not the records.
         crate::window::sort_by_time_then(&mut counted, |c| c.0, |x, y| (x.1, x.2).cmp(&(y.1, y.2)));
         let reqs = run.join.requests();
         out.requests.extend(counted.into_iter().map(|(t, _, i)| {

@@ -169,6 +169,38 @@ fn windows_become_final_as_the_watermark_passes_their_end() {
     assert_eq!(e.counters.late_spans.load(Ordering::Relaxed), 1);
 }
 
+/// A request released at the end of a step slice belongs to the next
+/// slice: it is done when that slice becomes final, not before.
+#[test]
+fn a_release_at_a_slice_end_is_done_with_the_next_slice() {
+    let (e, c) = fed(
+        cfg(10, 10, 5),
+        vec![
+            obs("r", "A", Some(0.0), Some(0.0), Some(3.0)),
+            obs("r", "B", Some(1.0), Some(2.0), Some(10.0)),
+            obs("r", "C", Some(12.0), Some(13.0), Some(16.0)),
+        ],
+    );
+    let released = |outs: &[RunOutput]| -> Vec<i64> {
+        outs.iter()
+            .flat_map(|o| o.requests.iter().map(|r| (r.released - T0) / SEC))
+            .collect()
+    };
+    // Watermark 11 s: the slice [0,10) is final, with A alone.
+    let outs = e.tick(c.at(0), false);
+    assert_eq!(window_starts(&outs), vec![0]);
+    assert_eq!(released(&outs), vec![3]);
+    // Watermark 21 s: the slice [10,20), with B and C.
+    e.ingest(
+        vec![obs("r", "D", Some(24.0), Some(25.0), Some(26.0))],
+        c.at(1),
+    )
+    .unwrap();
+    let outs = e.tick(c.at(1), false);
+    assert_eq!(window_starts(&outs), vec![10]);
+    assert_eq!(released(&outs), vec![10, 16]);
+}
+
 #[test]
 fn an_earlier_span_makes_earlier_windows_due() {
     // The tick reads a run's precomputed threshold; a span older than the

@@ -129,6 +129,18 @@ impl Stamps {
         (hi != NO_STAMP).then_some((lo, hi))
     }
 
+    /// Whether every known timestamp is at `t` or later (so when none is).
+    /// Cheaper than [`Stamps::bounds`]: one subtraction and one minimum a
+    /// stamp, the sentinel (the least value) wrapping to the greatest.
+    #[inline(always)]
+    pub fn all_from(&self, t: Nanos) -> bool {
+        let least = self
+            .0
+            .iter()
+            .fold(Nanos::MAX, |m, &s| m.min(s.wrapping_sub(1)));
+        least >= t.saturating_sub(1)
+    }
+
     /// Field-by-field merge (the earliest start-like stamp and the latest
     /// end-like stamp win); idempotent and commutative.
     pub fn merge(&mut self, other: &Stamps) {
@@ -467,6 +479,30 @@ mod tests {
             let known: Vec<Nanos> = picks.iter().flatten().copied().collect();
             let want = known.iter().min().zip(known.iter().max()).map(|(&a, &b)| (a, b));
             prop_assert_eq!(st.bounds(), want);
+        }
+
+        /// `all_from` is "the least known stamp is at `t` or later", for
+        /// any `t` and stamps, the extremes and their neighbours included.
+        #[test]
+        fn all_from_is_a_bound_on_the_least_known_stamp(
+            picks in prop::array::uniform5(prop::option::of(prop_oneof![
+                any::<i64>().prop_filter("the sentinel", |&t| t != NO_STAMP),
+                Just(NO_STAMP + 1),
+                Just(NO_STAMP + 2),
+                Just(Nanos::MAX),
+                Just(0),
+                Just(1),
+            ])),
+            t in prop_oneof![any::<i64>(), Just(NO_STAMP), Just(NO_STAMP + 1), Just(NO_STAMP + 2), Just(Nanos::MAX), Just(0), Just(1)],
+        ) {
+            let mut st = Stamps::default();
+            for (s, v) in Stamp::ALL.into_iter().zip(picks) {
+                if let Some(v) = v {
+                    st.set(s, v);
+                }
+            }
+            let want = picks.iter().flatten().all(|&v| v >= t);
+            prop_assert_eq!(st.all_from(t), want);
         }
     }
 
