@@ -343,19 +343,35 @@ fn settled(r: &Request) -> bool {
 /// index.
 type Counted = Vec<(Nanos, SpanRef, u32)>;
 
+/// What [`open_events`] counts beside the events: the requests released
+/// before `count_until` (every released one when `None`: the run ends) not
+/// counted yet, marked counted and added to `counted`; and whether any
+/// request it visits can be retired at `frontier` (see [`retirable`]).
+struct Tally<'c> {
+    count_until: Option<Nanos>,
+    counted: &'c mut Counted,
+    frontier: Nanos,
+    retirable: bool,
+}
+
+/// Whether a live run is done with `r` once its frontier (the start of its
+/// first window or slice not final) is `frontier`: counted, and wholly
+/// before it, nothing of `r` is left to sweep, count or show.
+#[inline(always)]
+fn retirable(r: &Request, frontier: Nanos) -> bool {
+    r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier)
+}
+
 /// One pass over the requests a finalization may take something of: the
 /// sweep events in `[from, until)` of the open requests `open` of a run,
 /// each marked swept on its request (the sweep of the events follows at
-/// once), and the requests released before `count_until` (all released
-/// ones when `None`: the run ends) not counted yet, marked counted and
-/// added to `counted`. An event not swept yet but dated before `from` (a
-/// late span) takes effect at `from`.
+/// once), and what `tally` counts. An event not swept yet but dated before
+/// `from` (a late span) takes effect at `from`.
 ///
 /// `steady`: the cap the sweep holds at `from` when no other value can
 /// come from elsewhere (the run's loose caps). When every cap of these
 /// requests has that value too, their cap events would change nothing:
 /// they are marked swept without being swept (most runs have one cap).
-#[allow(clippy::too_many_arguments)]
 fn open_events(
     open: &[u32],
     reqs: &mut crate::join::Requests,
@@ -363,8 +379,7 @@ fn open_events(
     from: Nanos,
     until: Nanos,
     steady: Option<u32>,
-    count_until: Option<Nanos>,
-    counted: &mut Counted,
+    tally: &mut Tally<'_>,
 ) -> Vec<(Nanos, Ev)> {
     // Up to five events a request: both ends of its two intervals and its cap.
     let mut events = Vec::with_capacity(open.len() * 5);
@@ -372,11 +387,12 @@ fn open_events(
     for &i in open {
         let r = &mut reqs[i as usize];
         if let Some(t) = r.get(Stamp::Released) {
-            if !r.counted() && count_until.is_none_or(|c| t < c) {
+            if !r.counted() && tally.count_until.is_none_or(|c| t < c) {
                 r.set_counted();
-                counted.push((t, r.span, i));
+                tally.counted.push((t, r.span, i));
             }
         }
+        tally.retirable |= retirable(r, tally.frontier);
         // Every event of a request is at one of its timestamps or at the
         // run's end (no earlier): one the sweep took nothing of that starts
         // at `until` or later has nothing before it.
@@ -1301,16 +1317,16 @@ impl Engine {
             .cap
             .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
         // (No event is before `until` unless it is after `sweep_from`.)
-        let mut events = open_events(
-            &visit,
-            reqs,
-            run_end,
-            sweep_from,
-            until,
-            steady,
-            wm.map(|_| counted_until),
-            &mut counted,
-        );
+        let mut tally = Tally {
+            count_until: wm.map(|_| counted_until),
+            counted: &mut counted,
+            frontier,
+            retirable: false,
+        };
+        let mut events = open_events(&visit, reqs, run_end, sweep_from, until, steady, &mut tally);
+        // None of the requests after the settled prefix can be retired now
+        // unless one of those visited can.
+        let tail_stays = !tally.retirable;
         // A run of one instant is swept once, over nothing: its ledger
         // holds its windows (empty, but for its counts), as offline.
         if until > sweep_from || (until == sweep_from && run.ledger.is_none()) {
@@ -1485,17 +1501,29 @@ impl Engine {
             settled += 1;
         }
         if wm.is_some() {
-            // Counted and wholly before the frontier: nothing of it is left to
-            // sweep, count or show.
-            let (mut at, mut kept) = (0, 0);
-            open.retain(|&i| {
-                let r = &reqs[i as usize];
-                let keep = !(r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier));
-                kept += usize::from(keep && at < settled);
-                at += 1;
-                keep
-            });
-            settled = kept;
+            // The requests done with are retired; usually only the settled
+            // prefix holds any, and the rest is moved down whole.
+            if tail_stays {
+                let mut kept = 0;
+                for at in 0..settled {
+                    let i = open[at];
+                    if !retirable(&reqs[i as usize], frontier) {
+                        open[kept] = i;
+                        kept += 1;
+                    }
+                }
+                open.drain(kept..settled);
+                settled = kept;
+            } else {
+                let (mut at, mut kept) = (0, 0);
+                open.retain(|&i| {
+                    let keep = !retirable(&reqs[i as usize], frontier);
+                    kept += usize::from(keep && at < settled);
+                    at += 1;
+                    keep
+                });
+                settled = kept;
+            }
         }
         // Requests of the prefix still owed something stay touched.
         touched.retain(|&i| {

@@ -201,6 +201,26 @@ fn a_release_at_a_slice_end_is_done_with_the_next_slice() {
     assert_eq!(released(&outs), vec![10, 16]);
 }
 
+/// A request that is never released holds the settled prefix at itself,
+/// but not the retirement of the requests after it: a run keeps only those
+/// its windows not final yet can still need.
+#[test]
+fn a_request_never_released_holds_back_no_other() {
+    let mut batch = vec![obs("r", "stuck", Some(0.0), None, None)];
+    let ids: Vec<String> = (0..100).map(|k| format!("q{k}")).collect();
+    for (k, id) in ids.iter().enumerate() {
+        let t = k as f64;
+        batch.push(obs("r", id, Some(t), Some(t + 0.2), Some(t + 0.5)));
+    }
+    let (e, c) = fed(cfg(10, 10, 5), batch);
+    e.tick(c.at(0), false);
+    // Watermark 94.5 s: the windows up to [80,90) and the slices up to
+    // [80,90) are final; the first not final starts at 90 s.
+    let open = e.runs.get_mut("r").unwrap().join.open_mut().0.len();
+    // `stuck` and the requests released at 90.5 s or later: q90 to q99.
+    assert_eq!(open, 11);
+}
+
 #[test]
 fn an_earlier_span_makes_earlier_windows_due() {
     // The tick reads a run's precomputed threshold; a span older than the
