@@ -89,7 +89,9 @@ impl RunState {
             r.merge(o);
             // The smallest model name wins (order-independent).
             if let Some(m) = model {
-                if r.model == NONE || models[m as usize] < models[r.model as usize] {
+                if r.model == NONE
+                    || (m != r.model && models[m as usize] < models[r.model as usize])
+                {
                     r.model = m;
                 }
             }
