@@ -408,6 +408,15 @@ fn open_events(
             swept |= bit;
             match e {
                 Ev::Cap { order, value } => caps.push((order, t, value)),
+                // A queue-out and an admission at one instant (a request's
+                // own, the usual case, come one after the other) are one
+                // hand-off event instead of two, as offline: at one instant
+                // the counts commute.
+                Ev::Admit if events.last() == Some(&(t, Ev::QueueOut)) => {
+                    if let Some(last) = events.last_mut() {
+                        last.1 = Ev::Handoff;
+                    }
+                }
                 e => events.push((t, e)),
             }
         });

@@ -221,6 +221,27 @@ fn a_request_never_released_holds_back_no_other() {
     assert_eq!(open, 11);
 }
 
+/// A queue-out and an admission are one hand-off only at one instant: a
+/// request that leaves its queue at 4 s, released unadmitted, and the next,
+/// admitted at 2 s without a queue, stay two events apart.
+#[test]
+fn a_queue_out_and_a_later_admission_stay_apart() {
+    let (e, c) = fed(
+        cfg(10, 10, 5),
+        vec![
+            obs("r", "A", Some(0.0), None, Some(4.0)),
+            obs("r", "B", None, Some(2.0), Some(6.0)),
+            obs("r", "C", Some(20.0), Some(20.0), Some(21.0)),
+        ],
+    );
+    let outs = e.tick(c.at(0), false);
+    assert_eq!(window_starts(&outs), vec![0]);
+    let w = &outs[0].windows[0].report.stats;
+    // Over [0,10): A waits [0,4), B is in flight [2,6).
+    assert_eq!(w.mean_queue_depth, Some(0.4));
+    assert_eq!(w.mean_in_flight, Some(0.4));
+}
+
 #[test]
 fn an_earlier_span_makes_earlier_windows_due() {
     // The tick reads a run's precomputed threshold; a span older than the
