@@ -178,6 +178,11 @@ struct LiveRun {
     /// kept in a checkpoint: a restored run looks at every open request.
     #[serde(skip)]
     settled: usize,
+    /// The latest timestamp of each request of the settled prefix, in its
+    /// order (as it was when settled or last merged into): retiring reads
+    /// these, not the records.
+    #[serde(skip)]
+    settled_hi: Vec<Nanos>,
     /// The counted requests' counts and longest in flight by step slice
     /// (see [`SliceSums`]); `None` until built, and after a checkpoint.
     #[serde(skip)]
@@ -352,6 +357,13 @@ struct Tally<'c> {
     counted: &'c mut Counted,
     frontier: Nanos,
     retirable: bool,
+}
+
+/// The latest known timestamp of `r` (the greatest time without one: never
+/// before a frontier).
+#[inline(always)]
+fn latest(r: &Request) -> Nanos {
+    r.stamps.bounds().map_or(Nanos::MAX, |(_, hi)| hi)
 }
 
 /// Whether a live run is done with `r` once its frontier (the start of its
@@ -722,6 +734,7 @@ impl LiveRun {
             sweep: None,
             ledger: None,
             settled: 0,
+            settled_hi: Vec::new(),
             sums: None,
         }
     }
@@ -1304,14 +1317,24 @@ impl Engine {
         // A request counted before may have changed since.
         let merged = !touched.is_empty();
         let mut settled = run.settled.min(open.len());
+        let settled_hi = &mut run.settled_hi;
+        if settled_hi.len() != settled {
+            *settled_hi = open[..settled]
+                .iter()
+                .map(|&i| latest(&reqs[i as usize]))
+                .collect();
+        }
         // What the sweep may take something of: the open requests after the
         // settled prefix, and those of the prefix merged into since, in
-        // order of index (as `open`).
-        let mut visit: Vec<u32> = touched
-            .iter()
-            .copied()
-            .filter(|i| open[..settled].binary_search(i).is_ok())
-            .collect();
+        // order of index (as `open`), their latest timestamps brought up to
+        // date.
+        let mut visit: Vec<u32> = Vec::with_capacity(touched.len() + open.len() - settled);
+        for &i in touched.iter() {
+            if let Ok(at) = open[..settled].binary_search(&i) {
+                settled_hi[at] = latest(&reqs[i as usize]);
+                visit.push(i);
+            }
+        }
         visit.sort_unstable();
         visit.dedup();
         visit.extend_from_slice(&open[settled..]);
@@ -1503,36 +1526,42 @@ impl Engine {
             // for a gap still going on there).
             p.drop_before(frontier);
         }
-        while open
+        while let Some(r) = open
             .get(settled)
-            .is_some_and(|&i| self::settled(&reqs[i as usize]))
+            .map(|&i| &reqs[i as usize])
+            .filter(|r| self::settled(r))
         {
+            settled_hi.push(latest(r));
             settled += 1;
         }
         if wm.is_some() {
-            // The requests done with are retired; usually only the settled
-            // prefix holds any, and the rest is moved down whole.
+            // The requests done with are retired. Those of the settled prefix
+            // (all counted) by their latest timestamps; the rest, only when
+            // the pass over them found one done, else it is moved down whole.
+            let mut kept = 0;
+            for at in 0..settled {
+                if settled_hi[at] >= frontier {
+                    open[kept] = open[at];
+                    settled_hi[kept] = settled_hi[at];
+                    kept += 1;
+                }
+            }
+            settled_hi.truncate(kept);
             if tail_stays {
-                let mut kept = 0;
-                for at in 0..settled {
+                open.drain(kept..settled);
+            } else {
+                let prefix = kept;
+                for at in settled..open.len() {
                     let i = open[at];
                     if !retirable(&reqs[i as usize], frontier) {
                         open[kept] = i;
                         kept += 1;
                     }
                 }
-                open.drain(kept..settled);
-                settled = kept;
-            } else {
-                let (mut at, mut kept) = (0, 0);
-                open.retain(|&i| {
-                    let keep = !retirable(&reqs[i as usize], frontier);
-                    kept += usize::from(keep && at < settled);
-                    at += 1;
-                    keep
-                });
-                settled = kept;
+                open.truncate(kept);
+                kept = prefix;
             }
+            settled = kept;
         }
         // Requests of the prefix still owed something stay touched.
         touched.retain(|&i| {

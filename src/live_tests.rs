@@ -242,6 +242,46 @@ fn a_queue_out_and_a_later_admission_stay_apart() {
     assert_eq!(w.mean_in_flight, Some(0.4));
 }
 
+/// A settled request that a late span moves past the frontier stays open
+/// until the sweep has taken what the span added: here a release at 40 s
+/// of a request counted at 3 s.
+#[test]
+fn a_late_span_keeps_its_settled_request_open() {
+    let (e, c) = fed(
+        cfg(20, 10, 5),
+        vec![
+            obs("r", "A", Some(1.0), None, Some(3.0)),
+            obs("r", "B", Some(20.0), Some(20.0), Some(21.0)),
+        ],
+    );
+    // Watermark 16 s: A is swept and counted (its slice [0,10) is final).
+    e.tick(c.at(0), false);
+    e.ingest(
+        vec![
+            obs("r", "A", None, Some(2.0), Some(40.0)),
+            obs("r", "C", Some(30.0), Some(30.0), Some(31.0)),
+        ],
+        c.at(1),
+    )
+    .unwrap();
+    // Watermark 35 s: A's admission is swept, its release at 40 s is not.
+    e.tick(c.at(1), false);
+    e.ingest(
+        vec![obs("r", "D", Some(60.0), Some(60.0), Some(61.0))],
+        c.at(2),
+    )
+    .unwrap();
+    // Watermark 56 s: [30,50) is final, with A in flight until 40 s and C
+    // over [30,31): 11 s in flight over 20.
+    let outs = e.tick(c.at(2), false);
+    let w = outs[0]
+        .windows
+        .iter()
+        .find(|w| w.start == T0 + 30 * SEC)
+        .unwrap();
+    assert_eq!(w.report.stats.mean_in_flight, Some(0.55));
+}
+
 #[test]
 fn an_earlier_span_makes_earlier_windows_due() {
     // The tick reads a run's precomputed threshold; a span older than the
