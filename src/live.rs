@@ -371,7 +371,7 @@ fn latest(r: &Request) -> Nanos {
 /// before it, nothing of `r` is left to sweep, count or show.
 #[inline(always)]
 fn retirable(r: &Request, frontier: Nanos) -> bool {
-    r.counted() && r.stamps.bounds().is_some_and(|(_, hi)| hi < frontier)
+    r.counted() && latest(r) < frontier
 }
 
 /// One pass over the requests a finalization may take something of: the
@@ -1348,7 +1348,9 @@ impl Engine {
         let steady = init
             .cap
             .filter(|&v| init.has_cap && loose.iter().all(|(_, c)| c.value == v));
-        // (No event is before `until` unless it is after `sweep_from`.)
+        // The pass runs whether the sweep below does or not: when `until`
+        // is not after `sweep_from` it takes no event (each is at
+        // `sweep_from` or later and must be before `until`), and only counts.
         let mut tally = Tally {
             count_until: wm.map(|_| counted_until),
             counted: &mut counted,
@@ -1550,16 +1552,15 @@ impl Engine {
             if tail_stays {
                 open.drain(kept..settled);
             } else {
-                let prefix = kept;
+                let mut end = kept;
                 for at in settled..open.len() {
                     let i = open[at];
                     if !retirable(&reqs[i as usize], frontier) {
-                        open[kept] = i;
-                        kept += 1;
+                        open[end] = i;
+                        end += 1;
                     }
                 }
-                open.truncate(kept);
-                kept = prefix;
+                open.truncate(end);
             }
             settled = kept;
         }
