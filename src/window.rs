@@ -501,10 +501,13 @@ fn sweep(
         if let Some((_, value)) = last_cap {
             cap = Some(value);
         }
-        // Releases come before admissions at one instant.
-        pending.extend(std::iter::repeat_n(t, releases));
-        for _ in 0..admits.min(pending.len()) {
-            pending.pop_front();
+        // Releases come before admissions at one instant. (Most instants
+        // have neither, or one of them and an empty list: no call.)
+        if releases > 0 {
+            pending.extend(std::iter::repeat_n(t, releases));
+        }
+        if admits > 0 && !pending.is_empty() {
+            pending.drain(..admits.min(pending.len()));
         }
         if q <= 0 {
             pending.clear();
