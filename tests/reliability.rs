@@ -477,17 +477,12 @@ fn spans_two_centuries_apart_leave_the_server_small() {
         let (code, text) = common::http_get(server.api, "/metrics");
         (code == 200 && text.contains("llm_gap_fraction{run_id=\"far\"")).then_some(())
     });
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id()))
-        .expect("the server's status");
-    let rss_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS");
+    let (_, rss_mib) =
+        tpsgap::cli::bench::rss_mib(&server.child.id().to_string()).expect("the server's RSS");
     assert!(
         final_window.is_some(),
         "no final window in 20 s:\n{}",
         server.log()
     );
-    assert!(rss_kib < 300 * 1024, "the server holds {rss_kib} KiB");
+    assert!(rss_mib < 300.0, "the server holds {rss_mib} MiB");
 }
