@@ -450,12 +450,26 @@ impl<V> Default for KeyTable<V> {
     }
 }
 
-/// The first eight bytes of a key (zero-padded), as one word.
+/// A key of up to eight bytes as one word, or the first eight bytes of a
+/// longer one. Keys are compared within one length, so a short key only
+/// needs a word that differs for every key of its length: four to seven
+/// bytes as their first and last four (which overlap), one to three as
+/// the first, middle and last byte. No loop over the bytes.
 #[inline(always)]
 fn key_prefix(k: &[u8]) -> u64 {
-    match k.first_chunk::<8>() {
-        Some(w) => u64::from_le_bytes(*w),
-        None => k.iter().rev().fold(0u64, |w, &b| (w << 8) | u64::from(b)),
+    if let Some(w) = k.first_chunk::<8>() {
+        return u64::from_le_bytes(*w);
+    }
+    match (k.first_chunk::<4>(), k.last_chunk::<4>()) {
+        (Some(a), Some(b)) => {
+            u64::from(u32::from_le_bytes(*a)) | u64::from(u32::from_le_bytes(*b)) << 32
+        }
+        _ => match k {
+            [] => 0,
+            [first, ..] => {
+                u64::from(*first) | u64::from(k[k.len() / 2]) << 8 | u64::from(k[k.len() - 1]) << 16
+            }
+        },
     }
 }
 
@@ -493,27 +507,39 @@ impl<V> KeyTable<V> {
         ));
     }
 
+    /// Keys in a bucket have the key's length: up to sixteen bytes, the
+    /// first and last words (which overlap below sixteen) are the key, up
+    /// to 24 with the second word too. A longer key is looked up out of
+    /// line ([`KeyTable::get_long`]), so that the usual lookup calls
+    /// nothing and saves no registers.
     #[inline]
     fn get(&self, key: &[u8]) -> Option<&V> {
-        let bucket = self.by_len.get(key.len())?;
-        if bucket.is_empty() {
-            return None;
-        }
-        // Keys in a bucket have the key's length: up to sixteen bytes, the
-        // first and last words (which overlap below sixteen) are the key,
-        // up to 24 with the second word too; only the bytes between the
-        // second and the last word of a longer key are compared one by one.
-        let (p, q) = (key_prefix(key), key_suffix(key));
         let n = key.len();
+        if n > 24 {
+            return self.get_long(key);
+        }
+        let bucket = self.by_len.get(n)?;
+        let (p, q) = (key_prefix(key), key_suffix(key));
         bucket
             .iter()
+            .find(|(kp, kq, ks, _, _)| {
+                *kp == p && (n <= 8 || (*kq == q && (n <= 16 || *ks == key_second(key))))
+            })
+            .map(|(_, _, _, _, v)| v)
+    }
+
+    /// [`KeyTable::get`] of a key over 24 bytes: the bytes between its
+    /// second and last words are compared one by one.
+    #[cold]
+    #[inline(never)]
+    fn get_long(&self, key: &[u8]) -> Option<&V> {
+        let n = key.len();
+        let (p, q, s) = (key_prefix(key), key_suffix(key), key_second(key));
+        self.by_len
+            .get(n)?
+            .iter()
             .find(|(kp, kq, ks, k, _)| {
-                *kp == p
-                    && (n <= 8
-                        || (*kq == q
-                            && (n <= 16
-                                || (*ks == key_second(key)
-                                    && (n <= 24 || k[16..n - 8] == key[16..n - 8])))))
+                *kp == p && *kq == q && *ks == s && k[16..n - 8] == key[16..n - 8]
             })
             .map(|(_, _, _, _, v)| v)
     }
