@@ -184,6 +184,9 @@ pub trait SpanSource<'a>: Copy {
     type Error;
     /// Each attribute's key and value (`None`: the pair has no value).
     fn attributes(self) -> impl Iterator<Item = Result<Attr<'a>, Self::Error>> + Clone;
+    /// A bound on the length of any attribute's value (`usize::MAX`: none
+    /// known).
+    fn attributes_len(self) -> usize;
     /// Each event's name and time.
     fn events(self) -> impl Iterator<Item = (&'a [u8], u64)>;
     fn trace_id(self) -> &'a [u8];
@@ -201,6 +204,9 @@ impl<'a> SpanSource<'a> for &'a Span {
         self.attributes
             .iter()
             .map(|kv| Ok((&kv.key[..], kv.value.as_ref().map(Val::from))))
+    }
+    fn attributes_len(self) -> usize {
+        usize::MAX
     }
     fn events(self) -> impl Iterator<Item = (&'a [u8], u64)> {
         self.events.iter().map(|e| (&e.name[..], e.time_unix_nano))
@@ -229,6 +235,9 @@ impl<'a> SpanSource<'a> for SpanView<'a> {
     type Error = WireError;
     fn attributes(self) -> impl Iterator<Item = Result<Attr<'a>, Self::Error>> + Clone {
         SpanView::attributes(self).map(|kv| kv.map(|kv| (kv.key, kv.value.map(Val::from))))
+    }
+    fn attributes_len(self) -> usize {
+        SpanView::attributes_len(self)
     }
     fn events(self) -> impl Iterator<Item = (&'a [u8], u64)> {
         SpanView::events(self)
@@ -612,21 +621,14 @@ impl Extractor {
         x
     }
 
-    /// Finds the attributes of each field; returns the first attribute
-    /// whose string value is over the length limit, if any.
+    /// Finds the attributes of each field.
     fn scan<'a, E>(
         &self,
         attrs: impl Iterator<Item = Result<Attr<'a>, E>>,
         found: &mut Found<'a>,
-    ) -> Result<Option<&'a [u8]>, E> {
-        let mut too_long = None;
+    ) -> Result<(), E> {
         for a in attrs {
             let (key, value) = a?;
-            if too_long.is_none()
-                && matches!(value, Some(Val::Str(s)) if s.len() > self.max_attribute_length)
-            {
-                too_long = Some(key);
-            }
             let (Some(&(slot, prio)), Some(v)) = (self.keys.get(key), value) else {
                 continue;
             };
@@ -635,7 +637,28 @@ impl Extractor {
                 *slot = Some((prio, key, v));
             }
         }
-        Ok(too_long)
+        Ok(())
+    }
+
+    /// The first attribute of `span` whose string value is over the length
+    /// limit, if any: looked for only when the stretch that holds them all
+    /// is over it ([`SpanSource::attributes_len`]), so the usual span is
+    /// not read twice.
+    #[inline(always)]
+    fn too_long<'a, S: SpanSource<'a>>(&self, span: S) -> Option<&'a [u8]> {
+        if span.attributes_len() <= self.max_attribute_length {
+            return None;
+        }
+        self.first_too_long(span)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn first_too_long<'a, S: SpanSource<'a>>(&self, span: S) -> Option<&'a [u8]> {
+        span.attributes()
+            .filter_map(Result::ok)
+            .find(|(_, v)| matches!(v, Some(Val::Str(s)) if s.len() > self.max_attribute_length))
+            .map(|(k, _)| k)
     }
 
     /// The run named by a resource's attributes, if any (the fallback for
@@ -667,8 +690,8 @@ impl Extractor {
         span: S,
     ) -> Result<Extracted<'a>, S::Error> {
         let mut found: Found<'a> = [None; FIELD_COUNT];
-        let too_long = self.scan(span.attributes(), &mut found)?;
-        Ok(self.observe(resource_run, span, &found, too_long))
+        self.scan(span.attributes(), &mut found)?;
+        Ok(self.observe(resource_run, span, &found, self.too_long(span)))
     }
 
     /// The observation of a span whose attributes `scan` found.
@@ -867,8 +890,8 @@ impl Extractor {
             // copy of it fewer.)
             let span = span?;
             let mut found: Found<'a> = [None; FIELD_COUNT];
-            let too_long = self.scan(SpanSource::attributes(span), &mut found)?;
-            sink(self.observe(resource_run, span, &found, too_long));
+            self.scan(SpanSource::attributes(span), &mut found)?;
+            sink(self.observe(resource_run, span, &found, self.too_long(span)));
         }
         Ok(())
     }
@@ -1426,6 +1449,58 @@ mod tests {
                 }
                 k
             })
+    }
+
+    /// The length limit, read in place and from decoded messages: values
+    /// at the limit pass though all of them together are over it; the
+    /// first value over it rejects the span, naming its attribute.
+    #[test]
+    fn the_first_value_over_the_length_limit_rejects_its_span() {
+        let at_limit = span(vec![
+            kv("run_id", st("r1")),
+            kv("note", st("0123456789")),
+            kv("other", st("abcdefghij")),
+        ]);
+        let over = span(vec![
+            kv("run_id", st("r1")),
+            kv("note", st("short")),
+            kv("first", st("0123456789a")),
+            kv("second", st("0123456789ab")),
+        ]);
+        let req = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: None,
+                scope_spans: vec![crate::lean::ScopeSpans {
+                    spans: vec![at_limit.clone(), over.clone()],
+                }],
+            }],
+        };
+        let bytes = prost::Message::encode_to_vec(&req);
+        let view = RequestView::parse_framing(&bytes).expect("reads");
+        let x = Extractor::default().max_attribute_length(10);
+        let mut in_place = Vec::new();
+        x.request_view(view, |e| in_place.push(e)).expect("reads");
+        let decoded = [&at_limit, &over].map(|s| {
+            let Ok(e) = x.span(None, s);
+            e
+        });
+        for got in [&in_place[..], &decoded[..]] {
+            assert!(
+                matches!(&got[0], Extracted::Observation(o) if o.run_id == "r1"),
+                "{:?}",
+                got[0]
+            );
+            match &got[1] {
+                Extracted::Rejected(r) => {
+                    assert_eq!(r.attribute, "first");
+                    assert_eq!(
+                        r.reason,
+                        "value longer than 10 bytes (--max-attribute-length)"
+                    );
+                }
+                other => panic!("expected a rejection, got {other:?}"),
+            }
+        }
     }
 
     proptest::proptest! {

@@ -685,6 +685,12 @@ impl<'a> SpanView<'a> {
         Ok(s)
     }
 
+    /// The length of the stretch that holds the attributes: no value of
+    /// one is longer.
+    pub fn attributes_len(self) -> usize {
+        self.attrs.len()
+    }
+
     /// Each attribute, read and checked.
     pub fn attributes(self) -> impl Iterator<Item = Result<KeyValueView<'a>, WireError>> + Clone {
         messages(self.attrs, 9).map(KeyValueView::read)
