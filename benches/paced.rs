@@ -56,7 +56,7 @@ fn pass(batches: &[Bytes], spans: usize, every: usize) -> (f64, f64) {
         let t = Instant::now();
         let mut items = Vec::with_capacity(512);
         RequestView::parse_framing(b)
-            .and_then(|v| x.request_view(v, |e| items.push(e)))
+            .and_then(|v| x.request_view(v, &mut items))
             .expect("reads");
         engine.ingest(items, now).expect("accepted");
         join += t.elapsed();

@@ -71,15 +71,14 @@ fn stages(c: &mut Criterion) {
     // In place, extraction also checks each span as it reads it.
     g.bench_function("extract/view", |b| {
         b.iter(|| {
-            let mut n = 0usize;
+            let mut items = Vec::with_capacity(spans);
             tpsgap::lean::view::RequestView::parse_framing(&bytes)
-                .and_then(|v| {
-                    x.request_view(v, |e| {
-                        n += usize::from(matches!(e, Extracted::Observation(_)))
-                    })
-                })
+                .and_then(|v| x.request_view(v, &mut items))
                 .expect("reads");
-            n
+            items
+                .iter()
+                .filter(|e| matches!(e, Extracted::Observation(_)))
+                .count()
         })
     });
     g.bench_function("extract/lean", |b| {
@@ -95,7 +94,11 @@ fn stages(c: &mut Criterion) {
         b.iter_batched(
             Store::new,
             |store| {
-                x.request_view(view, |e| store.apply(&e)).expect("reads");
+                let mut items = Vec::with_capacity(spans);
+                x.request_view(view, &mut items).expect("reads");
+                for e in &items {
+                    store.apply(e);
+                }
                 store
             },
             BatchSize::SmallInput,
@@ -106,7 +109,7 @@ fn stages(c: &mut Criterion) {
             || Engine::new(LiveConfig::default()),
             |engine| {
                 let mut items = Vec::with_capacity(spans);
-                x.request_view(view, |e| items.push(e)).expect("reads");
+                x.request_view(view, &mut items).expect("reads");
                 let now = Now::system(Instant::now());
                 engine.ingest(items, now).expect("accepted");
                 engine
@@ -254,13 +257,15 @@ fn floor(c: &mut Criterion) {
     // It finds the runs and requests that extraction finds.
     let mut found = std::collections::HashSet::new();
     let view = RequestView::parse_framing(&bytes).expect("parses");
+    let mut items = Vec::new();
     Extractor::default()
-        .request_view(view, |e| {
-            if let Extracted::Observation(o) = e {
-                found.insert((o.run_id.to_string(), o.request));
-            }
-        })
+        .request_view(view, &mut items)
         .expect("reads");
+    for e in items {
+        if let Extracted::Observation(o) = e {
+            found.insert((o.run_id.to_string(), o.request));
+        }
+    }
     let runs = pass(&bytes);
     let run_ids: std::collections::HashSet<&String> = found.iter().map(|(r, _)| r).collect();
     assert_eq!(runs.len(), run_ids.len());

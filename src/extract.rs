@@ -695,10 +695,7 @@ impl Extractor {
     }
 
     /// The observation of a span whose attributes `scan` found.
-    ///
-    /// Not inlined: inlined into the loop over a request's spans it made
-    /// the attribute scan beside it spill, 320 instructions a span more.
-    #[inline(never)]
+    #[inline(always)]
     fn observe<'a, S: SpanSource<'a>>(
         &self,
         resource_run: Option<(&'a [u8], Val<'a>)>,
@@ -706,6 +703,25 @@ impl Extractor {
         found: &Found<'a>,
         too_long: Option<&'a [u8]>,
     ) -> Extracted<'a> {
+        let mut out = Extracted::NoRun;
+        self.observe_into(&mut out, resource_run, span, found, too_long);
+        out
+    }
+
+    /// [`Extractor::observe`] into `out` (which it overwrites), each field
+    /// written in place rather than the whole observation copied there.
+    ///
+    /// Not inlined: inlined into the loop over a request's spans it made
+    /// the attribute scan beside it spill, 320 instructions a span more.
+    #[inline(never)]
+    fn observe_into<'a, S: SpanSource<'a>>(
+        &self,
+        out: &mut Extracted<'a>,
+        resource_run: Option<(&'a [u8], Val<'a>)>,
+        span: S,
+        found: &Found<'a>,
+        too_long: Option<&'a [u8]>,
+    ) {
         let span_ref = span_ref(span);
         let reject = |key: &[u8], reason: String| {
             Extracted::Rejected(Rejection {
@@ -715,37 +731,63 @@ impl Extractor {
             })
         };
         if let Some(key) = too_long {
-            return reject(
+            *out = reject(
                 key,
                 format!(
                     "value longer than {} bytes (--max-attribute-length)",
                     self.max_attribute_length
                 ),
             );
+            return;
         }
         let run = found[Field::Run.slot()]
             .map(|(_, k, v)| (k, v))
             .or(resource_run);
         let Some((run_key, run_value)) = run else {
-            return Extracted::NoRun;
+            *out = Extracted::NoRun;
+            return;
         };
         let run_id = match parse_id(run_value) {
             Ok(Some(id)) => id,
-            Ok(None) => return Extracted::NoRun,
-            Err(e) => return reject(run_key, e),
+            Ok(None) => {
+                *out = Extracted::NoRun;
+                return;
+            }
+            Err(e) => {
+                *out = reject(run_key, e);
+                return;
+            }
         };
-        let mut o = Observation {
+        *out = Extracted::Observation(Observation {
             run_id,
             request: 0,
             span: span_ref,
             span_start: clamp_u64(span.start()).min(MAX_TIMESTAMP),
             ..Observation::default()
+        });
+        let Extracted::Observation(o) = out else {
+            return;
         };
+        if let Err((k, e)) = self.fill(o, span, found) {
+            *out = reject(&k, e);
+        }
+    }
+
+    /// Fills in an observation of `span` from its attributes `found` and its
+    /// events; the attribute (or what stands for one) that cannot be read,
+    /// and why, when it is rejected.
+    #[inline(always)]
+    fn fill<'a, S: SpanSource<'a>>(
+        &self,
+        o: &mut Observation<'a>,
+        span: S,
+        found: &Found<'a>,
+    ) -> Result<(), (Cow<'a, [u8]>, String)> {
         for s in Stamp::ALL {
             if let Some((_, k, v)) = found[Field::Stamp(s).slot()] {
                 match timestamp(v) {
                     Ok(t) => o.stamps.set(s, t),
-                    Err(e) => return reject(k, e),
+                    Err(e) => return Err((k.into(), e)),
                 }
             }
         }
@@ -757,26 +799,26 @@ impl Extractor {
                         .and_then(in_range)
                     {
                         Ok(t) => o.stamps.set(s, t),
-                        Err(e) => return reject(name, format!("event time: {e}")),
+                        Err(e) => return Err((name.into(), format!("event time: {e}"))),
                     }
                 }
             }
         }
         if let Some(p) = self.preset {
-            if let Err((k, e)) = derive_stamps(p, span, &mut o) {
-                return reject(k.as_bytes(), e);
+            if let Err((k, e)) = derive_stamps(p, span, o) {
+                return Err((k.into_bytes().into(), e));
             }
             if let Some(t) = o.stamps.known().find(|t| in_range(*t).is_err()) {
-                return reject(
-                    b"(span times)",
+                return Err((
+                    b"(span times)"[..].into(),
                     format!("derived {}", in_range(t).err().unwrap_or_default()),
-                );
+                ));
             }
         }
         let explicit = match found[Field::Request.slot()] {
             Some((_, k, v)) => match parse_id(v) {
                 Ok(id) => id,
-                Err(e) => return reject(k, e),
+                Err(e) => return Err((k.into(), e)),
             },
             None => None,
         };
@@ -785,7 +827,7 @@ impl Extractor {
                 o.request = request_key(&id);
                 o.explicit_request_id = true;
             }
-            None => o.request = span_request_key(&span_ref.span_id),
+            None => o.request = span_request_key(&o.span.span_id),
         }
         let counts = [
             (Field::OutputTokens, &mut o.output_tokens),
@@ -796,39 +838,39 @@ impl Extractor {
             if let Some((_, k, v)) = found[f.slot()] {
                 match parse_count(v) {
                     Ok(n) => *dst = Some(n),
-                    Err(e) => return reject(k, e),
+                    Err(e) => return Err((k.into(), e)),
                 }
             }
         }
         if let Some((_, k, v)) = found[Field::Cap.slot()] {
             match parse_count(v) {
-                Ok(0) => return reject(k, "cap must be at least 1".to_string()),
+                Ok(0) => return Err((k.into(), "cap must be at least 1".to_string())),
                 Ok(n) => match u32::try_from(n).ok().filter(|c| *c != crate::model::NONE) {
                     Some(c) => o.cap = Some(c),
-                    None => return reject(k, format!("cap {n} is out of range")),
+                    None => return Err((k.into(), format!("cap {n} is out of range"))),
                 },
-                Err(e) => return reject(k, e),
+                Err(e) => return Err((k.into(), e)),
             }
         }
         if let Some((_, k, v)) = found[Field::Model.slot()] {
             match v {
                 Val::Str(s) if !s.is_empty() => match utf8(s) {
                     Ok(m) => o.model = Some(m),
-                    Err(e) => return reject(k, e),
+                    Err(e) => return Err((k.into(), e)),
                 },
                 Val::Str(_) | Val::Empty => {}
-                _ => return reject(k, "expected a string".to_string()),
+                _ => return Err((k.into(), "expected a string".to_string())),
             }
         }
         // Retry causes are checked, not kept: no SPEC output reports them.
         if let Some((_, k, v)) = found[Field::RetryCauses.slot()] {
             if let Err(e) = check_string_list(v) {
-                return reject(k, e);
+                return Err((k.into(), e));
             }
         }
         let error_status = span.status_code() == STATUS_CODE_ERROR;
         o.failed = error_status || found[Field::ErrorType.slot()].is_some();
-        Extracted::Observation(o)
+        Ok(())
     }
 
     /// Extracts every span of a request, in order, handing each result to `sink`.
@@ -858,28 +900,33 @@ impl Extractor {
         }
     }
 
-    /// Extracts every span of a request read in place ([`RequestView`]).
+    /// Extracts every span of a request read in place ([`RequestView`]),
+    /// appending each result to `out`.
     ///
     /// # Errors
-    /// When a span is not well-formed; spans before it went to `sink`, so a
-    /// caller that applies a request whole collects them first.
+    /// When a span is not well-formed; spans before it are in `out`, so a
+    /// caller that applies a request whole drops them.
+    #[inline(always)]
     pub fn request_view<'a>(
         &self,
         req: RequestView<'a>,
-        mut sink: impl FnMut(Extracted<'a>),
+        out: &mut Vec<Extracted<'a>>,
     ) -> Result<(), WireError> {
         req.resource_spans()
-            .try_for_each(|rs| self.resource_spans_view(rs, &mut sink))
+            .try_for_each(|rs| self.resource_spans_view(rs, out))
     }
 
-    /// Extracts every span of one `ResourceSpans` read in place.
+    /// Extracts every span of one `ResourceSpans` read in place, appending
+    /// each result to `out` (written where it stays: an observation is
+    /// not moved after it is made).
     ///
     /// # Errors
     /// As [`Extractor::request_view`].
+    #[inline(always)]
     pub fn resource_spans_view<'a>(
         &self,
         rs: ResourceSpansView<'a>,
-        sink: &mut impl FnMut(Extracted<'a>),
+        out: &mut Vec<Extracted<'a>>,
     ) -> Result<(), WireError> {
         let resource_run = self.resource_run(
             rs.resource_attributes()
@@ -891,7 +938,10 @@ impl Extractor {
             let span = span?;
             let mut found: Found<'a> = [None; FIELD_COUNT];
             self.scan(SpanSource::attributes(span), &mut found)?;
-            sink(self.observe(resource_run, span, &found, self.too_long(span)));
+            out.push(Extracted::NoRun);
+            if let Some(slot) = out.last_mut() {
+                self.observe_into(slot, resource_run, span, &found, self.too_long(span));
+            }
         }
         Ok(())
     }
@@ -1479,7 +1529,7 @@ mod tests {
         let view = RequestView::parse_framing(&bytes).expect("reads");
         let x = Extractor::default().max_attribute_length(10);
         let mut in_place = Vec::new();
-        x.request_view(view, |e| in_place.push(e)).expect("reads");
+        x.request_view(view, &mut in_place).expect("reads");
         let decoded = [&at_limit, &over].map(|s| {
             let Ok(e) = x.span(None, s);
             e

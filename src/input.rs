@@ -34,7 +34,12 @@ impl FileSpans<'_> {
                 x.resource_spans(rs, sink);
                 Ok(())
             }
-            FileSpans::Wire(rs) => x.resource_spans_view(*rs, sink),
+            FileSpans::Wire(rs) => {
+                let mut out = Vec::new();
+                x.resource_spans_view(*rs, &mut out)?;
+                out.into_iter().for_each(sink);
+                Ok(())
+            }
         }
     }
 }

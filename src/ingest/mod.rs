@@ -120,7 +120,7 @@ impl Pipeline {
     pub fn replay(&self, record: &[u8]) {
         let mut items = Vec::new();
         let read = RequestView::parse_framing(record)
-            .and_then(|req| self.extractor.request_view(req, |e| items.push(e)));
+            .and_then(|req| self.extractor.request_view(req, &mut items));
         if let Err(e) = read {
             tracing::warn!(error = %e, "undecodable write-ahead log record skipped");
             return;
@@ -178,7 +178,7 @@ impl Pipeline {
             // whole request before anything of it is applied.
             Export::Wire(v, _) => self
                 .extractor
-                .request_view(v, |e| items.push(e))
+                .request_view(v, &mut items)
                 .map_err(|e| Refusal::Malformed(e.to_string()))?,
         }
         if self.stop_after == Some(StopAfter::Extract) {
