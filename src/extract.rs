@@ -482,6 +482,13 @@ fn key_prefix(k: &[u8]) -> u64 {
     }
 }
 
+/// A key's first and last words ([`key_prefix`] and [`key_suffix`]):
+/// with its length, the whole key when it is at most 16 bytes.
+#[inline(always)]
+pub(crate) fn key_words(k: &[u8]) -> (u64, u64) {
+    (key_prefix(k), key_suffix(k))
+}
+
 /// The last eight bytes of a key of at least eight, as one word (zero for
 /// a shorter key, which its first word holds whole).
 #[inline(always)]

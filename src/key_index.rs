@@ -56,7 +56,7 @@ pub struct KeyIndex {
 
 /// A per-process seed mixed into every key, so that ids chosen to share a
 /// stretch of slots in one process do not in another.
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();
     *SEED.get_or_init(|| {
         use std::hash::{BuildHasher, Hasher};

@@ -768,14 +768,20 @@ impl<'b> RunGroups<'b> {
     const END: u32 = u32::MAX;
 
     fn of(items: &'b [Extracted<'_>]) -> RunGroups<'b> {
-        let mut index: std::collections::HashMap<&'b str, u32, FastHash> =
-            std::collections::HashMap::default();
         let mut groups = RunGroups {
             names: Vec::new(),
             ends: Vec::new(),
             next: vec![Self::END; items.len()],
         };
-        let mut last: Option<(&str, u32)> = None;
+        // The runs found so far by their words (see `key_words`), in an
+        // open-addressing table of group numbers at least twice the items.
+        let bits = (2 * items.len())
+            .max(16)
+            .next_power_of_two()
+            .trailing_zeros();
+        let mut table = vec![Self::END; 1 << bits];
+        let mut words: Vec<(u64, u64)> = Vec::new();
+        let mut last: Option<((u64, u64), &str, u32)> = None;
         for (i, e) in items.iter().enumerate() {
             let Extracted::Observation(o) = e else {
                 continue;
@@ -783,16 +789,39 @@ impl<'b> RunGroups<'b> {
             // A batch never holds u32::MAX items: a request is far smaller.
             let i = i as u32;
             let id: &'b str = &o.run_id;
+            let w = crate::extract::key_words(id.as_bytes());
+            // Words and length are the id up to 16 bytes; a longer one is
+            // compared whole.
+            let same = |(v, name): ((u64, u64), &str)| {
+                v == w && name.len() == id.len() && (id.len() <= 16 || name == id)
+            };
             let g = match last {
                 // Spans of one run tend to come together.
-                Some((l, g)) if l == id => g,
-                _ => *index.entry(id).or_insert_with(|| {
-                    groups.names.push(id);
-                    groups.ends.push((i, i));
-                    (groups.names.len() - 1) as u32
-                }),
+                Some((v, name, g)) if same((v, name)) => g,
+                _ => {
+                    let h =
+                        (w.0 ^ w.1.rotate_left(29) ^ id.len() as u64 ^ crate::key_index::seed())
+                            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    let mask = table.len() - 1;
+                    let mut at = (h >> (64 - bits)) as usize;
+                    loop {
+                        let g = table[at];
+                        if g == Self::END {
+                            let g = groups.names.len() as u32;
+                            table[at] = g;
+                            groups.names.push(id);
+                            groups.ends.push((i, i));
+                            words.push(w);
+                            break g;
+                        }
+                        if same((words[g as usize], groups.names[g as usize])) {
+                            break g;
+                        }
+                        at = (at + 1) & mask;
+                    }
+                }
             };
-            last = Some((id, g));
+            last = Some((w, id, g));
             let end = &mut groups.ends[g as usize];
             if end.1 != i {
                 groups.next[end.1 as usize] = i;

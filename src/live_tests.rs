@@ -1031,3 +1031,65 @@ fn a_span_a_century_away_makes_only_the_latest_windows_final() {
         .unwrap();
     assert_eq!(b.report.stats.requests, 1);
 }
+
+proptest! {
+    /// A batch's grouping by run gives the groups a plain map gives: runs
+    /// in the order of their first span, each with its spans in order;
+    /// among ids of every length up to 40 that share their first and last
+    /// eight bytes, or the same bytes at other lengths.
+    #[test]
+    fn a_batch_groups_by_run_as_a_map_does(
+        picks in proptest::collection::vec((0usize..48, 0usize..40, proptest::option::of(0u8..3)), 0..120),
+    ) {
+        // Ids cut from one text at every length, one byte changed in some:
+        // long ones that differ only between their first and last words.
+        // And pairs whose words are the same at two lengths.
+        let base = "0123456789abcdefghijklmnopqrstuvwxyz.-_ABCDEFG";
+        let alike = ["ab", "abb", "abcd", "abcdabcd", "abcdefgh", "abcdefghabcdefgh", "x", "xxx"];
+        let ids: Vec<String> = picks
+            .iter()
+            .map(|&(len, at, b)| {
+                if let Some(id) = len.checked_sub(40).and_then(|k| alike.get(k)) {
+                    return id.to_string();
+                }
+                let mut id = base.as_bytes()[..len].to_vec();
+                if let (Some(b), false) = (b, id.is_empty()) {
+                    id[at % len] = b'X' + b;
+                }
+                String::from_utf8(id).unwrap()
+            })
+            .collect();
+        let items: Vec<Extracted<'_>> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                if n % 7 == 3 {
+                    Extracted::NoRun
+                } else {
+                    obs(id, "q", Some(1.0), None, None)
+                }
+            })
+            .collect();
+        let groups = RunGroups::of(&items);
+        let mut want: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (n, e) in items.iter().enumerate() {
+            let Extracted::Observation(o) = e else { continue };
+            match want.iter_mut().find(|(id, _)| *id == &*o.run_id) {
+                Some((_, spans)) => spans.push(n),
+                None => want.push((&o.run_id, vec![n])),
+            }
+        }
+        prop_assert_eq!(&groups.names, &want.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+        for (g, (_, spans)) in want.iter().enumerate() {
+            let got: Vec<*const Observation<'_>> = groups.spans(g, &items).map(|o| o as *const _).collect();
+            let expected: Vec<*const Observation<'_>> = spans
+                .iter()
+                .map(|&n| match &items[n] {
+                    Extracted::Observation(o) => o as *const _,
+                    _ => unreachable!(),
+                })
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+}
