@@ -1116,10 +1116,8 @@ impl Engine {
                 continue;
             }
             out.accepted += 1;
-            if o.stamps
-                .bounds()
-                .is_some_and(|(lo, _)| lo < run.final_until)
-            {
+            // Late: a timestamp before what is final already.
+            if !o.stamps.all_from(run.final_until) {
                 run.late_spans += 1;
                 out.late += 1;
             }
