@@ -72,20 +72,20 @@ impl RunState {
                 self.open.push(i);
                 self.requests.push(Request::new(o.request, o.span));
             }
-            let i = i as usize;
-            if !new && (self.requests[i].swept != 0 || self.requests[i].counted()) {
-                self.touched.push(i as u32);
+            let model = o.model.map(|m| self.model_id(m));
+            let models = &self.models;
+            let held = self.requests.len();
+            let r = &mut self.requests[i as usize];
+            if !new && (r.swept != 0 || r.counted()) {
+                self.touched.push(i);
                 // Repeats (a span sent again and again while the run's
                 // watermark stands still) are dropped as they pile up: the
                 // list stays within twice the run's requests.
-                if self.touched.len() > 64 && self.touched.len() > 2 * self.requests.len() {
+                if self.touched.len() > 64 && self.touched.len() > 2 * held {
                     self.touched.sort_unstable();
                     self.touched.dedup();
                 }
             }
-            let model = o.model.map(|m| self.model_id(m));
-            let models = &self.models;
-            let r = &mut self.requests[i];
             r.merge(o);
             // The smallest model name wins (order-independent).
             if let Some(m) = model {
