@@ -649,8 +649,10 @@ impl Extractor {
 
     /// The first attribute of `span` whose string value is over the length
     /// limit, if any: looked for only when the stretch that holds them all
-    /// is over it ([`SpanSource::attributes_len`]), so the usual span is
-    /// not read twice.
+    /// is over it ([`SpanSource::attributes_len`]), so the usual span read
+    /// in place is not read twice. A decoded message has no such bound and
+    /// is always looked through again when a limit is set: a walk of its
+    /// attribute list, little beside decoding it (it came as OTLP JSON).
     #[inline(always)]
     fn too_long<'a, S: SpanSource<'a>>(&self, span: S) -> Option<&'a [u8]> {
         if span.attributes_len() <= self.max_attribute_length {

@@ -799,6 +799,12 @@ impl<'b> RunGroups<'b> {
                 // Spans of one run tend to come together.
                 Some((v, name, g)) if same((v, name)) => g,
                 _ => {
+                    // The product's top bits, which every bit of the words
+                    // reaches. Not its low bits, as the request index takes
+                    // them from keys that are hashes already: ids such as
+                    // `run-017` differ only in their high bytes, and a
+                    // product's low bits depend only on the factors' low
+                    // bits (every run would probe from one slot).
                     let h =
                         (w.0 ^ w.1.rotate_left(29) ^ id.len() as u64 ^ crate::key_index::seed())
                             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
