@@ -737,18 +737,27 @@ impl Ledger {
         self.marks
             .reserve(usize::try_from(bounds).unwrap_or(0).min(1 << 12));
         let (marks, gaps) = (&mut self.marks, &mut self.gaps);
-        let state = sweep(init, events, end, cfg, |s| {
-            let r = s.rates();
-            // The integral at a bound inside the piece, as
-            // [`Profile::stats`] takes it.
-            while bound < s.end {
-                marks.push((bound, acc.add_scaled(&r, bound - s.start)));
-                bound = next_bound(bound, cfg);
-            }
-            acc = acc.add_scaled(&r, s.end - s.start);
-            add_gap_piece(gaps, &s);
-            piece(&s);
-        });
+        let state = sweep(
+            init,
+            events,
+            end,
+            cfg,
+            // Inlined into the sweep's loop, where a call a piece saved and
+            // restored registers.
+            #[inline(always)]
+            |s| {
+                let r = s.rates();
+                // The integral at a bound inside the piece, as
+                // [`Profile::stats`] takes it.
+                while bound < s.end {
+                    marks.push((bound, acc.add_scaled(&r, bound - s.start)));
+                    bound = next_bound(bound, cfg);
+                }
+                acc = acc.add_scaled(&r, s.end - s.start);
+                add_gap_piece(gaps, &s);
+                piece(&s);
+            },
+        );
         if self.marks.last().is_some_and(|m| m.0 < end) {
             self.marks.push((end, acc));
         }
