@@ -947,10 +947,16 @@ impl Extractor {
             let span = span?;
             let mut found: Found<'a> = [None; FIELD_COUNT];
             self.scan(SpanSource::attributes(span), &mut found)?;
-            out.push(Extracted::NoRun);
-            if let Some(slot) = out.last_mut() {
-                self.observe_into(slot, resource_run, span, &found, self.too_long(span));
-            }
+            // The slot past the end is written in place: a `push` would
+            // copy the whole enum (184 bytes) to place a `NoRun`.
+            out.reserve(1);
+            let len = out.len();
+            let slot = out.spare_capacity_mut()[0].write(Extracted::NoRun);
+            self.observe_into(slot, resource_run, span, &found, self.too_long(span));
+            // SAFETY: the slot at `len`, within the capacity reserved above,
+            // was initialized by the `write` (and `observe_into` leaves it
+            // initialized: it only assigns to it).
+            unsafe { out.set_len(len + 1) };
         }
         Ok(())
     }
