@@ -747,11 +747,14 @@ type RunRef<'m> = dashmap::mapref::one::RefMut<'m, String, LiveRun>;
 const PREFETCH_AHEAD: usize = 6;
 
 /// Fetches the index lines of a run's first spans of a batch, before it is
-/// joined ([`Engine::apply_group`] fetches the rest as it goes).
-fn warm_up<'s, 'a: 's>(run: &LiveRun, spans: impl Iterator<Item = &'s Observation<'a>>) {
-    for o in spans.take(PREFETCH_AHEAD) {
+/// joined, and returns the spans after them, which [`Engine::apply_group`]
+/// fetches as it goes (a run has a few spans in most batches: they are not
+/// walked again to find where fetching goes on).
+fn warm_up<'s, 'a: 's, I: Iterator<Item = &'s Observation<'a>>>(run: &LiveRun, mut spans: I) -> I {
+    for o in spans.by_ref().take(PREFETCH_AHEAD) {
         run.join.prefetch(o);
     }
+    spans
 }
 
 /// A batch's observations grouped by run, runs in the order of their first
@@ -1034,23 +1037,23 @@ impl Engine {
         // held.
         let mut busy = Vec::new();
         let mut held = None;
-        let join_held = |held: Option<(usize, RunRef<'_>)>, out: &mut IngestOutcome| {
-            if let Some((h, mut run)) = held {
+        let join_held = |held: Option<(usize, RunRef<'_>, _)>, out: &mut IngestOutcome| {
+            if let Some((h, mut run, ahead)) = held {
                 let id = batch.names[h];
-                self.apply_group(id, &mut run, batch.spans(h, &items), now, out);
+                self.apply_group(id, &mut run, batch.spans(h, &items), ahead, now, out);
             }
         };
         for (g, id) in batch.names.iter().enumerate() {
             match self.runs.try_get_mut(*id) {
                 dashmap::try_result::TryResult::Present(run) => {
-                    warm_up(&run, batch.spans(g, &items));
-                    join_held(held.replace((g, run)), &mut out);
+                    let ahead = warm_up(&run, batch.spans(g, &items));
+                    join_held(held.replace((g, run, ahead)), &mut out);
                 }
                 dashmap::try_result::TryResult::Absent => {
                     join_held(held.take(), &mut out);
                     let mut run = self.run_entry(id, now);
-                    warm_up(&run, batch.spans(g, &items));
-                    self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out)
+                    let ahead = warm_up(&run, batch.spans(g, &items));
+                    self.apply_group(id, &mut run, batch.spans(g, &items), ahead, now, &mut out)
                 }
                 dashmap::try_result::TryResult::Locked => busy.push(g),
             }
@@ -1059,10 +1062,9 @@ impl Engine {
         for g in busy {
             let id = batch.names[g];
             let mut run = self.run_entry(id, now);
-            warm_up(&run, batch.spans(g, &items));
-            self.apply_group(id, &mut run, batch.spans(g, &items), now, &mut out);
+            let ahead = warm_up(&run, batch.spans(g, &items));
+            self.apply_group(id, &mut run, batch.spans(g, &items), ahead, now, &mut out);
         }
-        drop(batch);
         // Read in place: moving each item out would copy it (184 bytes).
         for e in &items {
             match e {
@@ -1091,12 +1093,14 @@ impl Engine {
     }
 
     /// Joins one run's spans of a batch, in their order; the caller has
-    /// fetched the index lines of the first [`PREFETCH_AHEAD`] ([`warm_up`]).
+    /// fetched the index lines of the first [`PREFETCH_AHEAD`], and `ahead`
+    /// is the spans after them ([`warm_up`]).
     fn apply_group<'s, 'a: 's>(
         &self,
         id: &str,
         run: &mut LiveRun,
-        spans: impl Iterator<Item = &'s Observation<'a>> + Clone,
+        spans: impl Iterator<Item = &'s Observation<'a>>,
+        mut ahead: impl Iterator<Item = &'s Observation<'a>>,
         now: Now,
         out: &mut IngestOutcome,
     ) {
@@ -1104,7 +1108,6 @@ impl Engine {
         let min_before = run.join.min_stamp;
         // The index lines of the spans a few places ahead are fetched while
         // this one is joined: a new request's lookup is a cache miss.
-        let mut ahead = spans.clone().skip(PREFETCH_AHEAD);
         for o in spans {
             if let Some(a) = ahead.next() {
                 run.join.prefetch(a);
@@ -1744,6 +1747,10 @@ impl Engine {
     }
 }
 
+/// The metrics of request `r`, released at `released`. Inlined into the
+/// one loop that collects them, so that each is written where it stays in
+/// the list, not made aside and copied there.
+#[inline(always)]
 fn done(r: &Request, model: Option<&std::sync::Arc<str>>, released: Nanos) -> DoneRequest {
     let d = Derived::of(r);
     let ok = |x: Option<Result<Nanos, ()>>| {
