@@ -503,11 +503,20 @@ fn sweep(
         }
         // Releases come before admissions at one instant. (Most instants
         // have neither, or one of them and an empty list: no call.)
-        if releases > 0 {
-            pending.extend(std::iter::repeat_n(t, releases));
+        match releases {
+            0 => {}
+            // The usual release, one at an instant: no general extend.
+            1 => pending.push_back(t),
+            n => pending.extend(std::iter::repeat_n(t, n)),
         }
-        if admits > 0 && !pending.is_empty() {
-            pending.drain(..admits.min(pending.len()));
+        match admits {
+            0 => {}
+            1 => {
+                pending.pop_front();
+            }
+            n => {
+                pending.drain(..n.min(pending.len()));
+            }
         }
         if q <= 0 {
             pending.clear();
