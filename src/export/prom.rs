@@ -167,12 +167,15 @@ impl PromMetrics {
         // one found is tried first).
         let mut last = usize::MAX;
         for r in &out.requests {
-            let model = r.model.as_deref();
             if s.histograms
                 .get(last)
-                .is_none_or(|(m, _)| m.as_deref() != model)
+                .is_none_or(|(m, _)| !same_model(m, &r.model))
             {
-                last = match s.histograms.iter().position(|(m, _)| m.as_deref() == model) {
+                last = match s
+                    .histograms
+                    .iter()
+                    .position(|(m, _)| same_model(m, &r.model))
+                {
                     Some(i) => i,
                     None => {
                         let hs = std::array::from_fn(|_| Hist::default());
@@ -470,6 +473,16 @@ impl Collector for SelfTelemetry {
             None,
             g.metric_type(),
         )?)
+    }
+}
+
+/// Whether two requests' model names are the same. A run's requests share
+/// one `Arc` a name, so the pointers usually answer without comparing bytes.
+fn same_model(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+        (None, None) => true,
+        _ => false,
     }
 }
 
