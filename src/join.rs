@@ -70,7 +70,7 @@ impl RunState {
             let (i, new) = self.index.get_or_insert(o.request, next);
             if new {
                 self.open.push(i);
-                self.requests.push(Request::new(o.request, o.span));
+                self.requests.push(Request::from_observation(o));
             }
             let model = o.model.map(|m| self.model_id(m));
             let models = &self.models;
@@ -86,7 +86,9 @@ impl RunState {
                     self.touched.dedup();
                 }
             }
-            r.merge(o);
+            if !new {
+                r.merge(o);
+            }
             // The smallest model name wins (order-independent).
             if let Some(m) = model {
                 if r.model == NONE

@@ -329,11 +329,27 @@ impl Request {
     }
 
     /// A request from one observation (model and cap aside: see
-    /// [`Request::merge`]).
+    /// [`Request::merge`]): what merging it into [`Request::new`] gives,
+    /// made whole (a new request's first span is most spans of a batch).
+    #[inline]
     pub fn from_observation(o: &Observation<'_>) -> Request {
-        let mut r = Request::new(o.request, o.span);
-        r.merge(o);
-        r
+        let flag = |v: Option<u64>, f: u8| if v.is_some() { f } else { 0 };
+        Request {
+            stamps: o.stamps,
+            key: o.request,
+            output_tokens: o.output_tokens.unwrap_or(0),
+            input_tokens: o.input_tokens.unwrap_or(0),
+            retry_count: o.retry_count.unwrap_or(0),
+            span: o.span,
+            model: NONE,
+            cap: NONE,
+            cap_seq: 0,
+            flags: flag(o.output_tokens, HAS_OUTPUT)
+                | flag(o.input_tokens, HAS_INPUT)
+                | flag(o.retry_count, HAS_RETRY)
+                | if o.failed { FAILED } else { 0 },
+            swept: 0,
+        }
     }
 
     /// Field-by-field merge. Idempotent and order-independent: timestamps per
@@ -503,6 +519,38 @@ mod tests {
             }
             let want = picks.iter().flatten().all(|&v| v >= t);
             prop_assert_eq!(st.all_from(t), want);
+        }
+    }
+
+    proptest! {
+        /// A request made from one observation is the one merging it into
+        /// a new request gives, for any stamps, counts, failure and span.
+        #[test]
+        fn a_request_from_an_observation_is_it_merged_into_a_new_one(
+            stamps in prop::array::uniform5(prop::option::of(0..Nanos::MAX)),
+            counts in prop::array::uniform3(prop::option::of(any::<u64>())),
+            failed in any::<bool>(),
+            request in any::<u64>(),
+            trace in any::<[u8; 16]>(),
+            span in any::<[u8; 8]>(),
+        ) {
+            let mut o = Observation {
+                request,
+                output_tokens: counts[0],
+                input_tokens: counts[1],
+                retry_count: counts[2],
+                failed,
+                span: SpanRef { trace_id: trace, span_id: span },
+                ..Observation::default()
+            };
+            for (s, t) in Stamp::ALL.into_iter().zip(stamps) {
+                if let Some(t) = t {
+                    o.stamps.set(s, t);
+                }
+            }
+            let mut merged = Request::new(o.request, o.span);
+            merged.merge(&o);
+            prop_assert_eq!(Request::from_observation(&o), merged);
         }
     }
 
