@@ -330,7 +330,8 @@ impl Request {
 
     /// A request from one observation (model and cap aside: see
     /// [`Request::merge`]): what merging it into [`Request::new`] gives,
-    /// made whole (a new request's first span is most spans of a batch).
+    /// made whole rather than merged into a blank record (every request
+    /// starts so, and most have only a few spans).
     #[inline]
     pub fn from_observation(o: &Observation<'_>) -> Request {
         let flag = |v: Option<u64>, f: u8| if v.is_some() { f } else { 0 };
