@@ -319,19 +319,10 @@ impl Default for Request {
 }
 
 impl Request {
-    /// A request with nothing merged yet.
-    pub fn new(key: RequestKey, span: SpanRef) -> Request {
-        Request {
-            key,
-            span,
-            ..Request::default()
-        }
-    }
-
     /// A request from one observation (model and cap aside: see
-    /// [`Request::merge`]): what merging it into [`Request::new`] gives,
-    /// made whole rather than merged into a blank record (every request
-    /// starts so, and most have only a few spans).
+    /// [`Request::merge`]): what merging it into a blank record of its key
+    /// and span gives, made whole instead (every request starts so, and
+    /// most have only a few spans).
     #[inline]
     pub fn from_observation(o: &Observation<'_>) -> Request {
         let flag = |v: Option<u64>, f: u8| if v.is_some() { f } else { 0 };
@@ -525,7 +516,7 @@ mod tests {
 
     proptest! {
         /// A request made from one observation is the one merging it into
-        /// a new request gives, for any stamps, counts, failure and span.
+        /// a blank record gives, for any stamps, counts, failure and span.
         #[test]
         fn a_request_from_an_observation_is_it_merged_into_a_new_one(
             stamps in prop::array::uniform5(prop::option::of(0..Nanos::MAX)),
@@ -549,7 +540,7 @@ mod tests {
                     o.stamps.set(s, t);
                 }
             }
-            let mut merged = Request::new(o.request, o.span);
+            let mut merged = Request { key: o.request, span: o.span, ..Request::default() };
             merged.merge(&o);
             prop_assert_eq!(Request::from_observation(&o), merged);
         }
@@ -562,7 +553,10 @@ mod tests {
             span_request_key(&[0, 0, 0, 0, 0, 0, 0xab, 7]),
             request_key("000000000000ab07")
         );
-        let mut r = Request::new(1, SpanRef::default());
+        let mut r = Request {
+            key: 1,
+            ..Request::default()
+        };
         assert_eq!(r.output_tokens(), None);
         let o = Observation {
             output_tokens: Some(0),
